@@ -1,0 +1,50 @@
+"""SAM's mask decoder with the two PerSAM additions installed (guided attention, semantic prompt).
+
+`personalize(sam)` installs both once on `sam.mask_decoder`; `decoder.guide(...)` turns them on
+for the calls made inside the `with` block, so `segment_anything.SamPredictor` is used unchanged.
+Outside a `guide` block (or with both arguments `None`) the decoder is `segment_anything`'s own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from segment_anything.modeling import Sam
+from torch import Tensor
+
+from persam import guided_attention
+from persam.semantic_prompt import SemanticPrompt
+
+
+class PersonalizedDecoder:
+    """Handle on a `Sam` whose decoder can be target-guided and target-prompted."""
+
+    def __init__(self, sam: Sam) -> None:
+        transformer = sam.mask_decoder.transformer
+        self.attentions = guided_attention.install(transformer)
+        self.semantic = SemanticPrompt(transformer)
+
+    @contextmanager
+    def guide(
+        self, attn_sim: Tensor | None = None, target_embedding: Tensor | None = None
+    ) -> Iterator[None]:
+        """attn_sim (1, 1, 1, h*w) from `guided_attention.attention_map`; target_embedding (C,)."""
+        for attn in self.attentions:
+            attn.guidance = attn_sim
+        self.semantic.embedding = None if target_embedding is None else target_embedding.view(1, 1, -1)
+        try:
+            yield
+        finally:
+            for attn in self.attentions:
+                attn.guidance = None
+            self.semantic.embedding = None
+
+
+def personalize(sam: Sam) -> PersonalizedDecoder:
+    """Install PerSAM's decoder additions on `sam` (idempotent) and return the handle."""
+    handle = getattr(sam, "_persam_decoder", None)
+    if handle is None:
+        handle = PersonalizedDecoder(sam)
+        object.__setattr__(sam, "_persam_decoder", handle)
+    return handle

@@ -1,0 +1,60 @@
+"""Paper section 3.1 — target-guided attention.
+
+The location confidence map (similarity of the target embedding to every image position) is
+added to the attention weights of each token-to-image cross-attention in SAM's two-way
+transformer: ``attn = softmax(softmax(Q K^T / sqrt(d)) + attn_sim)``. Only the blocks' cross
+attentions are guided, not the final token-to-image attention, as in the official code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.transformer import Attention, TwoWayTransformer
+from torch import Tensor
+
+
+def attention_map(sim: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Full-resolution similarity (H, W) -> attention guidance (1, 1, 1, h*w).
+
+    Standardised by its own mean and std, bilinearly resized to the encoder grid, sigmoid.
+    Broadcasts over batch, heads and tokens of a (B, heads, N_tokens, h*w) attention.
+    """
+    sim = (sim - sim.mean()) / torch.std(sim)
+    sim = F.interpolate(sim[None, None], size=grid, mode="bilinear")
+    return sim.sigmoid().unsqueeze(0).flatten(3)
+
+
+class GuidedAttention(Attention):
+    """SAM's `Attention` whose weights are re-weighted by `self.guidance` when it is set.
+
+    With `guidance is None` it runs `segment_anything`'s own forward, unchanged.
+    """
+
+    guidance: Tensor | None = None
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.guidance is None:
+            return super().forward(q, k, v)
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        attn = q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+        attn = torch.softmax(torch.softmax(attn, dim=-1) + self.guidance, dim=-1)
+        return self.out_proj(self._recombine_heads(attn @ v))
+
+
+def install(transformer: TwoWayTransformer) -> list[GuidedAttention]:
+    """Turn every block's token-to-image cross-attention into a `GuidedAttention` in place.
+
+    The modules keep their parameters (state-dict keys are unchanged); returns them.
+    """
+    guided = []
+    for block in transformer.layers:
+        attn = block.cross_attn_token_to_image
+        if not isinstance(attn, GuidedAttention):
+            attn.__class__ = GuidedAttention
+        guided.append(attn)
+    return guided

@@ -1,0 +1,82 @@
+"""Paper section 3.1 — target embedding and positive-negative location prior.
+
+Shapes: C = SAM's embedding dim (256), h x w = the encoder grid (64 x 64), H x W = the original
+image. Points are (x, y) in original-image pixels, as `segment_anything` expects them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor
+
+
+def reference_mask_on_grid(predictor: SamPredictor, mask_rgb: np.ndarray) -> torch.Tensor:
+    """The reference mask as the official code sees it on the h x w feature grid -> bool (h, w).
+
+    The RGB annotation goes through the image's own resize and `Sam.preprocess` (normalised by
+    pixel mean/std, zero-padded), is bilinearly resized to the grid, and its first channel is
+    thresholded at 0. The predictor must hold the reference image's features.
+    """
+    resized = predictor.transform.apply_image(mask_rgb)
+    tensor = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
+    padded = predictor.model.preprocess(tensor)
+    grid = predictor.features.shape[-2:]
+    return F.interpolate(padded, size=grid, mode="bilinear").squeeze(0)[0] > 0
+
+
+def target_features(features: torch.Tensor, grid_mask: torch.Tensor) -> torch.Tensor:
+    """Reference features inside the mask: features (1, C, h, w), grid_mask (h, w) -> (n, C)."""
+    feats = features.squeeze(0).permute(1, 2, 0)[grid_mask]
+    if feats.shape[0] == 0:
+        raise ValueError("the reference mask covers no cell of the feature grid")
+    return feats
+
+
+def target_embedding(feats: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+    """Pool the target features (n, C) -> (C,): `mean` (PerSAM) or `max_mean` ((max+mean)/2, PerSAM-F)."""
+    mean = feats.mean(0)
+    if kind == "mean":
+        return mean
+    if kind == "max_mean":
+        return feats.max(dim=0)[0] / 2 + mean / 2
+    raise ValueError(f"unknown target pooling '{kind}': use mean or max_mean")
+
+
+def similarity_map(predictor: SamPredictor, target: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of `target` (C,) with the predictor's features, at original size (H, W).
+
+    The h x w map is upsampled x4 bilinearly (to SAM's low-res mask size) and then goes through
+    `Sam.postprocess_masks`, exactly as a mask would.
+    """
+    target = (target / target.norm(dim=-1, keepdim=True)).unsqueeze(0)
+    feats = predictor.features.squeeze(0)
+    c, h, w = feats.shape
+    feats = (feats / feats.norm(dim=0, keepdim=True)).reshape(c, h * w)
+    sim = (target @ feats).reshape(1, 1, h, w)
+    sim = F.interpolate(sim, scale_factor=4, mode="bilinear")
+    sim = predictor.model.postprocess_masks(
+        sim, input_size=predictor.input_size, original_size=predictor.original_size
+    )
+    return sim.squeeze(0).squeeze(0)
+
+
+def select_points(sim: torch.Tensor, negative: bool = True, positive: bool = True):
+    """Arg-max (label 1) and arg-min (label 0) of the similarity map (H, W).
+
+    Returns (coords (N, 2) int64 as (x, y), labels (N,) int64); N = positive + negative.
+    Ties resolve as `torch.topk` does, like the official code.
+    """
+    width = sim.shape[1]
+    coords, labels = [], []
+    flat = sim.flatten()
+    if positive:
+        idx = int(flat.topk(1)[1])
+        coords.append((idx % width, idx // width))
+        labels.append(1)
+    if negative:
+        idx = int(flat.topk(1, largest=False)[1])
+        coords.append((idx % width, idx // width))
+        labels.append(0)
+    return np.array(coords, dtype=np.int64).reshape(-1, 2), np.array(labels, dtype=np.int64)
