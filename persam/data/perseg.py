@@ -1,0 +1,143 @@
+"""PerSeg-layout datasets: `root/Images/<object>/NN.jpg` and `root/Annotations/<object>/NN.png`.
+
+The reference image of each object is `reference` (default `00`); every image of the object,
+the reference included, is segmented, and metrics skip the reference. Bad files raise
+`DataError` with the file and the fix; stray files (`.DS_Store`, `Thumbs.db`, ...) are skipped
+with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+STRAY_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message says what to do."""
+
+
+def is_stray(path: Path) -> bool:
+    """OS droppings and hidden files that are not part of the dataset."""
+    return path.name.lower() in STRAY_NAMES or path.name.startswith(".") or path.name.startswith("._")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3), decoded as the official code does (cv2, BGR -> RGB)."""
+    if not path.is_file():
+        raise DataError(f"Image not found: {path}. Put the image there or remove the object folder.")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(
+            f"Cannot read image {path}: the file is corrupt or not an image. Replace or delete it."
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_annotation(path: Path, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) annotation; raises `DataError` if missing or not the image's size."""
+    if not path.is_file():
+        raise DataError(
+            f"Annotation not found: {path}. Every reference image needs a mask PNG with the same "
+            f"name under Annotations/<object>/ (foreground = any non-zero pixel)."
+        )
+    mask = read_image(path)
+    if image_shape is not None and mask.shape[:2] != tuple(image_shape[:2]):
+        raise DataError(
+            f"Annotation {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image_shape[1]}x{image_shape[0]} (width x height). Resize the mask to the image "
+            f"(nearest-neighbour) or fix the pairing."
+        )
+    return mask
+
+
+def foreground(mask_rgb: np.ndarray) -> np.ndarray:
+    """Ground truth as a bool (H, W): any channel > 0."""
+    return (mask_rgb > 0).any(axis=-1)
+
+
+@dataclass
+class ObjectSet:
+    """One personalised object: its reference and all images to segment."""
+
+    name: str
+    reference: str
+    images: dict[str, Path]  # stem -> image path, sorted
+    annotations: dict[str, Path]  # stem -> annotation path (may be missing on disk)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reference_image(self) -> Path:
+        if self.reference not in self.images:
+            raise DataError(
+                f"Reference image {self.reference}.jpg not found for object '{self.name}' "
+                f"(have: {', '.join(self.images) or 'none'}). Set data.reference to one of those."
+            )
+        return self.images[self.reference]
+
+    @property
+    def reference_annotation(self) -> Path:
+        return self.annotations[self.reference]
+
+
+class PerSegDataset:
+    """Lists the objects of a PerSeg-layout folder.
+
+    Args:
+      root: folder holding `Images/` and `Annotations/`.
+      reference: stem of the reference image of every object (`00`).
+      objects: names of the objects to use (all when None).
+    """
+
+    def __init__(self, root: str | Path, reference: str = "00", objects: list[str] | None = None):
+        self.root = Path(root).expanduser()
+        self.reference = str(reference)
+        self.images_dir = self.root / "Images"
+        self.annotations_dir = self.root / "Annotations"
+        if not self.images_dir.is_dir():
+            raise DataError(
+                f"No Images/ folder in {self.root}. data.root must hold Images/<object>/*.jpg and "
+                f"Annotations/<object>/*.png (the PerSeg layout)."
+            )
+        available = sorted(p.name for p in self.images_dir.iterdir() if p.is_dir() and not is_stray(p))
+        if objects:
+            missing = [o for o in objects if o not in available]
+            if missing:
+                raise DataError(
+                    f"Unknown object(s) {missing} in {self.images_dir}; available: {available}."
+                )
+            available = [o for o in available if o in set(objects)]
+        if not available:
+            raise DataError(f"No object folders in {self.images_dir}.")
+        self.names = available
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        for name in self.names:
+            yield self.object(name)
+
+    def object(self, name: str) -> ObjectSet:
+        folder = self.images_dir / name
+        images: dict[str, Path] = {}
+        warnings: list[str] = []
+        for path in sorted(folder.iterdir()):
+            if is_stray(path) or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                msg = f"skipped stray file {path} (not an image); delete it to silence this warning"
+                log.warning(msg)
+                warnings.append(msg)
+                continue
+            if path.stem in images:
+                raise DataError(f"Two images named {path.stem} in {folder}; keep one.")
+            images[path.stem] = path
+        annotations = {stem: self.annotations_dir / name / f"{stem}.png" for stem in images}
+        return ObjectSet(name, self.reference, images, annotations, warnings)

@@ -1,0 +1,104 @@
+"""`python -m persam.run` — run PerSAM or PerSAM-F over a dataset (a Hydra app over conf/).
+
+    python -m persam.run method=persam_f data=perseg data.root=/data/PerSeg backbone=vit_h
+    python -m persam.run -m method=persam,persam_f          # both methods, side by side
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from persam.backbone import CheckpointError
+from persam.cache import EmbeddingCache
+from persam.encoder import Encoder
+from persam.evaluate import evaluate
+from persam.loggers import RunLogger, build_logger
+
+log = logging.getLogger("persam.run")
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _job_names() -> tuple[str | None, str, bool]:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    name = hc.job.override_dirname or hc.job.name
+    return group, name, multirun
+
+
+def run(cfg: DictConfig) -> dict:
+    """Compose -> instantiate -> evaluate; returns the metrics summary."""
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    group, name, multirun = _job_names()
+
+    try:
+        sam = instantiate(cfg.backbone)
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
+    random_weights = cfg.backbone.get("checkpoint") is None
+    cache = EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled)
+    method = instantiate(cfg.method).bind(sam, Encoder(sam, cache))
+    if cfg.method.get("scale_weights") is not None:
+        method.trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    dataset = instantiate(cfg.data)
+    run_logger = RunLogger(build_logger(cfg.get("logger"), group, name), cfg.max_logged_images)
+    run_logger.hyperparams(cfg)
+
+    summary = evaluate(
+        method,
+        dataset,
+        run_dir,
+        run_logger,
+        overlays=cfg.overlays,
+        progress=cfg.progress,
+        extra={
+            "backbone": cfg.backbone.name,
+            "random_weights": random_weights,
+            "overrides": list(HydraConfig.get().overrides.task),
+        },
+    )
+    summary["cache"] = cache.stats.as_dict()
+    from persam.outputs import write_metrics
+
+    write_metrics(run_dir, summary)
+    log.info("Embedding cache: %d hits, %d misses", cache.stats.hits, cache.stats.misses)
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    log.info(
+        "%s on %d objects: mIoU %s  mBIoU %s  mAcc %s  (%d failed) -> %s",
+        method.name, summary["n_objects"], fmt(summary["miou"]), fmt(summary["mbiou"]),
+        fmt(summary["macc"]), summary["n_failed"], run_dir,
+    )
+    if random_weights:
+        log.warning(
+            "WARNING: backbone '%s' has RANDOM weights (backbone.checkpoint=null): the masks and "
+            "metrics above are meaningless as segmentations. Pass a SAM checkpoint, e.g. "
+            "backbone=vit_h backbone.checkpoint=/path/to/sam_vit_h_4b8939.pth.",
+            cfg.backbone.name,
+        )
+    if summary["n_failed"]:
+        log.error("Failed objects: %s (see metrics.json for the errors)", ", ".join(summary["failed"]))
+        if cfg.strict and not multirun:
+            raise SystemExit(1)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    summary = run(cfg)
+    return summary["miou"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
