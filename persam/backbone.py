@@ -101,20 +101,29 @@ def build_architecture(
     )
 
 
-def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
-    """Load a SAM-layout state dict into `sam`, with errors that say what to do."""
-    path = Path(checkpoint).expanduser()
-    hint = ""
+def _hint(name: str) -> str:
     if name in OFFICIAL_CHECKPOINTS:
-        hint = (
+        return (
             f" Download the official {name} weights from {OFFICIAL_CHECKPOINTS[name]} and pass "
             f"backbone.checkpoint=/path/to/{OFFICIAL_CHECKPOINTS[name].rsplit('/', 1)[1]}"
             f" (or put it in the folder named by $SAM_CHECKPOINT_DIR)."
         )
-    else:
-        hint = " Pass backbone.checkpoint=/path/to/a/SAM-layout.pth, or backbone.checkpoint=null for random weights."
+        return hint
+    return " Pass backbone.checkpoint=/path/to/a/SAM-layout.pth, or backbone.checkpoint=null for random weights."
+
+
+def check_checkpoint_path(checkpoint: str | Path, name: str = "") -> Path:
+    """The checkpoint's path, or a `CheckpointError` saying where to get it."""
+    path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"SAM checkpoint not found: {path}.{hint}")
+        raise CheckpointError(f"SAM checkpoint not found: {path}.{_hint(name)}")
+    return path
+
+
+def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
+    """Load a SAM-layout state dict into `sam`, with errors that say what to do."""
+    path = check_checkpoint_path(checkpoint, name)
+    hint = _hint(name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
@@ -146,6 +155,8 @@ def build_sam(
     **architecture,
 ) -> Sam:
     """Build a frozen `Sam` in eval mode: from `checkpoint`, or random-init from `seed`."""
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = build_architecture(**architecture)

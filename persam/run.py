@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -44,9 +45,11 @@ def run(cfg: DictConfig) -> dict:
 
     try:
         sam = instantiate(cfg.backbone)
-    except CheckpointError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, CheckpointError):
+            log.error("%s", exc.__cause__)
+            raise SystemExit(2) from exc
+        raise
     random_weights = cfg.backbone.get("checkpoint") is None
     cache = EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled)
     method = instantiate(cfg.method).bind(sam, Encoder(sam, cache))

@@ -27,13 +27,17 @@ class DataError(ValueError):
 
 def is_stray(path: Path) -> bool:
     """OS droppings and hidden files that are not part of the dataset."""
-    return path.name.lower() in STRAY_NAMES or path.name.startswith(".") or path.name.startswith("._")
+    return (
+        path.name.lower() in STRAY_NAMES or path.name.startswith(".") or path.name.startswith("._")
+    )
 
 
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3), decoded as the official code does (cv2, BGR -> RGB)."""
     if not path.is_file():
-        raise DataError(f"Image not found: {path}. Put the image there or remove the object folder.")
+        raise DataError(
+            f"Image not found: {path}. Put the image there or remove the object folder."
+        )
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(
@@ -107,7 +111,9 @@ class PerSegDataset:
                 f"No Images/ folder in {self.root}. data.root must hold Images/<object>/*.jpg and "
                 f"Annotations/<object>/*.png (the PerSeg layout)."
             )
-        available = sorted(p.name for p in self.images_dir.iterdir() if p.is_dir() and not is_stray(p))
+        available = sorted(
+            p.name for p in self.images_dir.iterdir() if p.is_dir() and not is_stray(p)
+        )
         if objects:
             missing = [o for o in objects if o not in available]
             if missing:

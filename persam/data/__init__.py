@@ -1,0 +1,1 @@
+"""Datasets for persam: PerSeg-layout folders and the procedural synthetic world."""

@@ -1,0 +1,53 @@
+"""Small builders shared by tests: tiny PerSeg folders and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A fast random-init SAM for end-to-end tests (small encoder, SAM's full decoder).
+SMALL_BACKBONE = [
+    "backbone=tiny",
+    "backbone.encoder_embed_dim=32",
+    "backbone.encoder_depth=1",
+    "backbone.encoder_num_heads=1",
+    "backbone.encoder_global_attn_indexes=[0]",
+]
+
+
+def write_object(root: Path, name: str, n: int = 3, size=(96, 128), seed: int = 0) -> None:
+    """A PerSeg object: n images (a bright disc on noise) and PerSeg-style masks (BGR 0,0,128)."""
+    rng = np.random.default_rng(seed)
+    (root / "Images" / name).mkdir(parents=True, exist_ok=True)
+    (root / "Annotations" / name).mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for i in range(n):
+        img = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w, 3), np.uint8)
+        cx, cy, r = int(rng.integers(25, w - 25)), int(rng.integers(25, h - 25)), 18
+        cv2.circle(img, (cx, cy), r, (40, 200, 250), -1)
+        cv2.circle(mask, (cx, cy), r, (0, 0, 128), -1)
+        cv2.imwrite(str(root / "Images" / name / f"{i:02d}.jpg"), img)
+        cv2.imwrite(str(root / "Annotations" / name / f"{i:02d}.png"), mask)
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "persam.run", timeout: int = 900, env=None):
+    """Run `python -m <module> <args>` as a subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.setdefault("WANDB_MODE", "offline")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
