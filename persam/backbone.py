@@ -108,7 +108,6 @@ def _hint(name: str) -> str:
             f"backbone.checkpoint=/path/to/{OFFICIAL_CHECKPOINTS[name].rsplit('/', 1)[1]}"
             f" (or put it in the folder named by $SAM_CHECKPOINT_DIR)."
         )
-        return hint
     return " Pass backbone.checkpoint=/path/to/a/SAM-layout.pth, or backbone.checkpoint=null for random weights."
 
 
@@ -134,7 +133,9 @@ def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise CheckpointError(f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict.")
+        raise CheckpointError(
+            f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict."
+        )
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:

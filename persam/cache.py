@@ -74,7 +74,9 @@ class EmbeddingCache:
                 self.stats.hits += 1
                 return entry
             except Exception as exc:  # noqa: BLE001 - a broken entry is recomputed, not fatal
-                log.warning("Embedding cache entry %s is unreadable (%s); recomputing it.", path, exc)
+                log.warning(
+                    "Embedding cache entry %s is unreadable (%s); recomputing it.", path, exc
+                )
         self.stats.misses += 1
         return None
 

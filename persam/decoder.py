@@ -32,7 +32,9 @@ class PersonalizedDecoder:
         """attn_sim (1, 1, 1, h*w) from `guided_attention.attention_map`; target_embedding (C,)."""
         for attn in self.attentions:
             attn.guidance = attn_sim
-        self.semantic.embedding = None if target_embedding is None else target_embedding.view(1, 1, -1)
+        self.semantic.embedding = (
+            None if target_embedding is None else target_embedding.view(1, 1, -1)
+        )
         try:
             yield
         finally:

@@ -115,8 +115,15 @@ def evaluate(
         _summarise(summary)
         write_metrics(run_dir, summary)
     bar.close()
-    run_logger.finish(summary, OBJECT_COLUMNS[:-1] + (["mask_weights", "fit_seconds"] if any(
-        "mask_weights" in r for r in summary["objects"].values()) else []))
+    run_logger.finish(
+        summary,
+        OBJECT_COLUMNS[:-1]
+        + (
+            ["mask_weights", "fit_seconds"]
+            if any("mask_weights" in r for r in summary["objects"].values())
+            else []
+        ),
+    )
     return summary
 
 
@@ -127,4 +134,3 @@ def _summarise(summary: dict[str, Any]) -> None:
     summary["n_objects"] = len(summary["objects"])
     summary["n_failed"] = sum(r["status"] == "failed" for r in summary["objects"].values())
     summary["failed"] = [n for n, r in summary["objects"].items() if r["status"] == "failed"]
-

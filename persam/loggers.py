@@ -54,7 +54,10 @@ class RunLogger:
         if self.logger is None:
             return
         means = {k: summary[k] for k in ("miou", "mbiou", "macc") if summary.get(k) is not None}
-        rows = [[name] + [_cell(r.get(c)) for c in columns[1:]] for name, r in summary["objects"].items()]
+        rows = [
+            [name] + [_cell(r.get(c)) for c in columns[1:]]
+            for name, r in summary["objects"].items()
+        ]
         if self.is_wandb:
             self.logger.log_table(key="objects", columns=columns, data=rows)
             self.logger.experiment.summary.update(means)

@@ -78,7 +78,9 @@ class PerSAM:
         if refine_steps not in (0, 1, 2):
             raise ValueError(f"method.refine_steps must be 0, 1 or 2, got {refine_steps}")
         if target_pooling not in ("mean", "max_mean"):
-            raise ValueError(f"method.target_pooling must be mean or max_mean, got {target_pooling}")
+            raise ValueError(
+                f"method.target_pooling must be mean or max_mean, got {target_pooling}"
+            )
         self.name = name
         self.target_pooling = target_pooling
         self.positive_point = positive_point
@@ -198,7 +200,9 @@ class PerSAMF(PerSAM):
             )
         return high, low
 
-    def learn(self, image: np.ndarray, mask_rgb: np.ndarray, logger: Any = None, **kw: Any) -> Target:
+    def learn(
+        self, image: np.ndarray, mask_rgb: np.ndarray, logger: Any = None, **kw: Any
+    ) -> Target:
         from persam.scale_weights import fit_scale_weights
 
         target = super().learn(image, mask_rgb)

@@ -37,7 +37,9 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, coords: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
     """RGB image with the mask tinted blue and the points drawn (green +, red -)."""
     out = image.astype(np.float32)
     tint = np.array([30, 144, 255], dtype=np.float32)
@@ -46,7 +48,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, labels: np.
     radius = max(4, round(0.012 * max(image.shape[:2])))
     for (x, y), label in zip(coords.tolist(), labels.tolist(), strict=True):
         color = (0, 220, 0) if label == 1 else (230, 0, 0)
-        cv2.drawMarker(out, (int(x), int(y)), (255, 255, 255), cv2.MARKER_STAR, radius * 3, radius // 2 + 3)
+        cv2.drawMarker(
+            out, (int(x), int(y)), (255, 255, 255), cv2.MARKER_STAR, radius * 3, radius // 2 + 3
+        )
         cv2.drawMarker(out, (int(x), int(y)), color, cv2.MARKER_STAR, radius * 3, radius // 2 + 1)
     return out
 
@@ -54,15 +58,24 @@ def overlay(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, labels: np.
 def write_overlay(path: Path, image: np.ndarray, mask, coords, labels) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = overlay(image, mask, coords, labels)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]):
+    if not cv2.imwrite(
+        str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    ):
         raise OSError(f"could not write {path}")
 
 
 def write_metrics(run_dir: Path, summary: dict) -> None:
     """`metrics.json` (the whole summary) and `metrics.csv` (one row per object)."""
-    _atomic_write(run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float))
+    _atomic_write(
+        run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float)
+    )
     extra = sorted(
-        {k for r in summary["objects"].values() for k in r if k not in OBJECT_COLUMNS and k != "warnings"}
+        {
+            k
+            for r in summary["objects"].values()
+            for k in r
+            if k not in OBJECT_COLUMNS and k != "warnings"
+        }
     )
     columns = OBJECT_COLUMNS + extra
 
@@ -71,6 +84,8 @@ def write_metrics(run_dir: Path, summary: dict) -> None:
         writer.writeheader()
         for name, result in summary["objects"].items():
             row = {"object": name, **result}
-            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
+            )
 
     _atomic_write(run_dir / "metrics.csv", rows)

@@ -1,7 +1,7 @@
 """`python -m persam.run` — run PerSAM or PerSAM-F over a dataset (a Hydra app over conf/).
 
-    python -m persam.run method=persam_f data=perseg data.root=/data/PerSeg backbone=vit_h
-    python -m persam.run -m method=persam,persam_f          # both methods, side by side
+python -m persam.run method=persam_f data=perseg data.root=/data/PerSeg backbone=vit_h
+python -m persam.run -m method=persam,persam_f          # both methods, side by side
 """
 
 from __future__ import annotations
@@ -80,8 +80,13 @@ def run(cfg: DictConfig) -> dict:
     fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
     log.info(
         "%s on %d objects: mIoU %s  mBIoU %s  mAcc %s  (%d failed) -> %s",
-        method.name, summary["n_objects"], fmt(summary["miou"]), fmt(summary["mbiou"]),
-        fmt(summary["macc"]), summary["n_failed"], run_dir,
+        method.name,
+        summary["n_objects"],
+        fmt(summary["miou"]),
+        fmt(summary["mbiou"]),
+        fmt(summary["macc"]),
+        summary["n_failed"],
+        run_dir,
     )
     if random_weights:
         log.warning(
@@ -91,7 +96,9 @@ def run(cfg: DictConfig) -> dict:
             cfg.backbone.name,
         )
     if summary["n_failed"]:
-        log.error("Failed objects: %s (see metrics.json for the errors)", ", ".join(summary["failed"]))
+        log.error(
+            "Failed objects: %s (see metrics.json for the errors)", ", ".join(summary["failed"])
+        )
         if cfg.strict and not multirun:
             raise SystemExit(1)
     return summary

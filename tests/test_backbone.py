@@ -31,8 +31,14 @@ def test_tiny_config_is_golden_architecture(golden, tiny_arch):
 
 
 def test_random_init_is_seeded():
-    kw = dict(name="tiny", device="cpu", encoder_embed_dim=32, encoder_depth=1,
-              encoder_num_heads=1, encoder_global_attn_indexes=[0])
+    kw = dict(
+        name="tiny",
+        device="cpu",
+        encoder_embed_dim=32,
+        encoder_depth=1,
+        encoder_num_heads=1,
+        encoder_global_attn_indexes=[0],
+    )
     a, b, c = build_sam(seed=1, **kw), build_sam(seed=1, **kw), build_sam(seed=2, **kw)
     wa, wb, wc = (m.mask_decoder.iou_token.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
@@ -40,24 +46,42 @@ def test_random_init_is_seeded():
 
 def test_missing_checkpoint_says_where_to_download(tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["backbone=vit_b", f"backbone.checkpoint={tmp_path}/nope.pth"])
+        cfg = compose(
+            "config", overrides=["backbone=vit_b", f"backbone.checkpoint={tmp_path}/nope.pth"]
+        )
     with pytest.raises(InstantiationException) as err:
         instantiate(cfg.backbone, device="cpu")
     assert isinstance(err.value.__cause__, CheckpointError)
     msg = str(err.value.__cause__)
     assert "nope.pth" in msg and "sam_vit_b_01ec64.pth" in msg
-    assert "https://dl.fbaipublicfiles.com/segment_anything/" in msg and "backbone.checkpoint=" in msg
+    assert (
+        "https://dl.fbaipublicfiles.com/segment_anything/" in msg and "backbone.checkpoint=" in msg
+    )
 
 
 def test_checkpoint_of_another_architecture(golden):
     with pytest.raises(CheckpointError, match="does not fit backbone 'tiny'"):
-        build_sam(name="tiny", checkpoint=golden / "tiny_sam.pth", device="cpu", encoder_embed_dim=64,
-                  encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
+        build_sam(
+            name="tiny",
+            checkpoint=golden / "tiny_sam.pth",
+            device="cpu",
+            encoder_embed_dim=64,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            encoder_global_attn_indexes=[1],
+        )
 
 
 def test_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="broken.pth.*corrupt"):
-        build_sam(name="vit_b", checkpoint=bad, device="cpu", encoder_embed_dim=32, encoder_depth=1,
-                  encoder_num_heads=1, encoder_global_attn_indexes=[0])
+        build_sam(
+            name="vit_b",
+            checkpoint=bad,
+            device="cpu",
+            encoder_embed_dim=32,
+            encoder_depth=1,
+            encoder_num_heads=1,
+            encoder_global_attn_indexes=[0],
+        )

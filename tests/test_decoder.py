@@ -17,8 +17,13 @@ from persam.guided_attention import GuidedAttention, attention_map
 def sams():
     """A random-init SAM (small encoder, full-size decoder) and an untouched deep copy."""
     sam = build_sam(
-        name="tiny", seed=3, device="cpu", encoder_embed_dim=32, encoder_depth=1,
-        encoder_num_heads=1, encoder_global_attn_indexes=[0],
+        name="tiny",
+        seed=3,
+        device="cpu",
+        encoder_embed_dim=32,
+        encoder_depth=1,
+        encoder_num_heads=1,
+        encoder_global_attn_indexes=[0],
     )
     return sam, copy.deepcopy(sam)
 
@@ -39,7 +44,9 @@ def test_disabled_equals_segment_anything_exactly(sams, multimask):
     sam, original = sams
     handle = personalize(sam)
     assert all(isinstance(a, GuidedAttention) for a in handle.attentions)
-    assert not isinstance(original.mask_decoder.transformer.layers[0].cross_attn_token_to_image, GuidedAttention)
+    assert not isinstance(
+        original.mask_decoder.transformer.layers[0].cross_attn_token_to_image, GuidedAttention
+    )
     args = _inputs(sam)
     with handle.guide(attn_sim=None, target_embedding=None):
         ours = sam.mask_decoder(*args, multimask_output=multimask)

@@ -29,12 +29,16 @@ def test_persam_matches_official(golden, persam, obj):
 
     for nn in ("00", "01", "02"):
         pred = persam.segment(rgb(data / "Images" / obj / f"{nn}.jpg"), target)
-        np.testing.assert_array_equal(pred.coords, ref[f"{nn}/points"], err_msg=f"{obj}/{nn} points")
+        np.testing.assert_array_equal(
+            pred.coords, ref[f"{nn}/points"], err_msg=f"{obj}/{nn} points"
+        )
         np.testing.assert_array_equal(pred.labels, [1, 0])
         np.testing.assert_allclose(
             pred.attn_sim.flatten().numpy(), ref[f"{nn}/attn_sim"], atol=1e-4, rtol=0
         )
-        np.testing.assert_allclose(pred.first_logits[0], ref[f"{nn}/step0_logits"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            pred.first_logits[0], ref[f"{nn}/step0_logits"], atol=1e-4, rtol=0
+        )
         assert iou(pred.first_mask, ref[f"{nn}/step0_mask"]) >= 0.99
         (mask1, best1), (mask2, best2) = pred.steps
         assert best1 == int(ref[f"{nn}/step1_best"])

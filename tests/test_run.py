@@ -18,8 +18,13 @@ def test_faithfulness_command(golden, tmp_path):
     out = tmp_path / "OUT"
     proc = run_cli(
         [
-            "method=persam", "backbone=tiny", f"backbone.checkpoint={golden / 'tiny_sam.pth'}",
-            "data=perseg", f"data.root={golden / 'perseg-mini'}", "logger=none", f"hydra.run.dir={out}",
+            "method=persam",
+            "backbone=tiny",
+            f"backbone.checkpoint={golden / 'tiny_sam.pth'}",
+            "data=perseg",
+            f"data.root={golden / 'perseg-mini'}",
+            "logger=none",
+            f"hydra.run.dir={out}",
         ],
         cwd=tmp_path,
     )
@@ -47,15 +52,25 @@ def test_bad_input_is_reported_per_object(tmp_path):
     for name in ("good", "no_ref_mask", "size_mismatch", "empty_ref", "corrupt"):
         write_object(data, name, n=2)
     (data / "Annotations" / "no_ref_mask" / "00.png").unlink()
-    cv2.imwrite(str(data / "Annotations" / "size_mismatch" / "00.png"), np.zeros((50, 50, 3), np.uint8))
-    cv2.imwrite(str(data / "Annotations" / "empty_ref" / "00.png"), np.zeros((96, 128, 3), np.uint8))
+    cv2.imwrite(
+        str(data / "Annotations" / "size_mismatch" / "00.png"), np.zeros((50, 50, 3), np.uint8)
+    )
+    cv2.imwrite(
+        str(data / "Annotations" / "empty_ref" / "00.png"), np.zeros((96, 128, 3), np.uint8)
+    )
     (data / "Images" / "corrupt" / "01.jpg").write_bytes(b"not a jpeg")
     (data / "Images" / ".DS_Store").write_bytes(b"\0")
     (data / "Images" / "good" / ".DS_Store").write_bytes(b"\0")
     (data / "Images" / "good" / "Thumbs.db").write_bytes(b"\0")
     out = tmp_path / "out"
     proc = run_cli(
-        [*SMALL_BACKBONE, "data=perseg", f"data.root={data}", "logger=none", f"hydra.run.dir={out}"],
+        [
+            *SMALL_BACKBONE,
+            "data=perseg",
+            f"data.root={data}",
+            "logger=none",
+            f"hydra.run.dir={out}",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -77,8 +92,12 @@ def test_bad_input_is_reported_per_object(tmp_path):
 @pytest.mark.slow
 def test_missing_checkpoint_exits_with_advice(tmp_path):
     proc = run_cli(
-        ["backbone=vit_h", f"backbone.checkpoint={tmp_path}/sam_vit_h_4b8939.pth", "logger=none",
-         f"hydra.run.dir={tmp_path / 'o'}"],
+        [
+            "backbone=vit_h",
+            f"backbone.checkpoint={tmp_path}/sam_vit_h_4b8939.pth",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'o'}",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 2

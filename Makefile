@@ -1,0 +1,25 @@
+# Two commands on a fresh machine:  `make run` (the main job)  and  `make test` (the test suite).
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+# torch/torchvision pair that segment_anything imports; override for another platform.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m persam.run
+
+test: install
+	$(PY) -m pytest -q -rs
+
+lint: install
+	$(VENV)/bin/ruff check persam tests benchmarks && $(VENV)/bin/ruff format --check persam tests benchmarks
