@@ -28,6 +28,18 @@ log = logging.getLogger("persam.run")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
+# The backbone of the previous job, reused by the next one when its config is the same
+# (jobs of a sweep run one after another in one process with Hydra's basic launcher).
+_BACKBONE: dict[str, object] = {}
+
+
+def build_backbone(cfg: DictConfig):
+    key = OmegaConf.to_yaml(cfg.backbone, resolve=True)
+    if key not in _BACKBONE:
+        _BACKBONE.clear()
+        _BACKBONE[key] = instantiate(cfg.backbone)
+    return _BACKBONE[key]
+
 
 def _job_names() -> tuple[str | None, str, bool]:
     hc = HydraConfig.get()
@@ -44,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
     group, name, multirun = _job_names()
 
     try:
-        sam = instantiate(cfg.backbone)
+        sam = build_backbone(cfg)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, CheckpointError):
             log.error("%s", exc.__cause__)

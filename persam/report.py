@@ -1,0 +1,235 @@
+"""`python -m persam.report <multirun folder>` — compare the runs of a sweep.
+
+Reads every job folder (`<sweep>/<n>/.hydra/overrides.yaml` and `metrics.json`), names each
+variant by the overrides that differ between jobs, and writes into the sweep folder:
+
+    report.md            variants (mIoU / mBIoU / mAcc) and per-object IoU, as markdown
+    report.csv           one row per variant
+    report_objects.csv   one row per (variant, object)
+    report.png           bar chart of mIoU / mBIoU / mAcc per variant
+
+Jobs that did not finish (no metrics.json) or that have failed objects are listed, and the
+finished ones are still reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METRICS = ("miou", "mbiou", "macc")
+
+
+class ReportError(RuntimeError):
+    """The folder holds nothing that can be reported."""
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: list[str]
+    metrics: dict | None
+    name: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+
+def _read_overrides(folder: Path) -> list[str]:
+    path = folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+
+
+def find_jobs(sweep: Path) -> list[Job]:
+    """Job folders of a multirun (or a single run folder)."""
+    sweep = Path(sweep)
+    if not sweep.is_dir():
+        raise ReportError(
+            f"{sweep} is not a folder. Pass a multirun folder (outputs/multiruns/...)."
+        )
+    candidates = (
+        [sweep]
+        if (sweep / ".hydra").is_dir()
+        else sorted(
+            (p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+            key=lambda p: (len(p.name), p.name),
+        )
+    )
+    jobs = []
+    for folder in candidates:
+        metrics_path = folder / "metrics.json"
+        metrics = None
+        problems = []
+        if metrics_path.is_file():
+            try:
+                metrics = json.loads(metrics_path.read_text())
+            except json.JSONDecodeError as exc:
+                problems.append(f"unreadable metrics.json ({exc})")
+        else:
+            problems.append("no metrics.json: the job did not finish (see its run.log)")
+        if metrics is not None and metrics.get("n_failed"):
+            problems.append(f"failed objects: {', '.join(metrics.get('failed', []))}")
+        jobs.append(Job(folder, _read_overrides(folder), metrics, problems=problems))
+    if not jobs:
+        raise ReportError(
+            f"No Hydra job folders in {sweep} (expected <sweep>/<n>/.hydra/). Run a sweep with "
+            f"`python -m persam.run -m ...` and pass its folder."
+        )
+    _name_variants(jobs)
+    return jobs
+
+
+def _name_variants(jobs: list[Job]) -> None:
+    """A variant's name: its overrides that are not shared by every job."""
+    common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
+    for job in jobs:
+        own = [o for o in job.overrides if o not in common]
+        job.name = " ".join(own) or (" ".join(job.overrides) or job.folder.name)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def build_report(sweep: Path) -> dict:
+    """Write the report files into `sweep`; returns what was written and the tables."""
+    sweep = Path(sweep)
+    jobs = find_jobs(sweep)
+    done = [j for j in jobs if j.finished]
+    if not done:
+        lines = "\n".join(f"  {j.folder.name}: {'; '.join(j.problems)}" for j in jobs)
+        raise ReportError(f"No finished runs in {sweep}:\n{lines}")
+
+    rows = [
+        {
+            "variant": j.name,
+            "job": j.folder.name,
+            **{m: j.metrics.get(m) for m in METRICS},
+            "n_objects": j.metrics.get("n_objects"),
+            "n_failed": j.metrics.get("n_failed", 0),
+            "method": j.metrics.get("method"),
+            "backbone": j.metrics.get("backbone"),
+        }
+        for j in done
+    ]
+    objects = sorted({o for j in done for o in j.metrics.get("objects", {})})
+    object_rows = []
+    for j in done:
+        for name, r in j.metrics.get("objects", {}).items():
+            object_rows.append(
+                {
+                    "variant": j.name,
+                    "object": name,
+                    "status": r.get("status"),
+                    "iou": r.get("iou"),
+                    "biou": r.get("biou"),
+                    "acc": r.get("acc"),
+                    "error": r.get("error"),
+                    "mask_weights": json.dumps(r["mask_weights"]) if "mask_weights" in r else "",
+                }
+            )
+
+    with open(sweep / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(sweep / "report_objects.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(object_rows[0]) if object_rows else ["variant"])
+        writer.writeheader()
+        writer.writerows(object_rows)
+
+    md = [
+        f"# Report: {sweep}",
+        "",
+        "| variant | mIoU | mBIoU | mAcc | objects | failed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['variant']} | {_fmt(r['miou'])} | {_fmt(r['mbiou'])} | {_fmt(r['macc'])} "
+            f"| {r['n_objects']} | {r['n_failed']} |"
+        )
+    md += [
+        "",
+        "## IoU per object",
+        "",
+        "| object | " + " | ".join(r["variant"] for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
+    for obj in objects:
+        cells = []
+        for j in done:
+            entry = j.metrics.get("objects", {}).get(obj)
+            cells.append(
+                "-"
+                if entry is None
+                else ("failed" if entry.get("status") == "failed" else _fmt(entry.get("iou")))
+            )
+        md.append(f"| {obj} | " + " | ".join(cells) + " |")
+    problems = [j for j in jobs if j.problems]
+    if problems:
+        md += ["", "## Runs with problems", ""]
+        md += [f"- `{j.folder.name}` ({j.name}): {'; '.join(j.problems)}" for j in problems]
+    (sweep / "report.md").write_text("\n".join(md) + "\n")
+    _bar_chart(rows, sweep / "report.png")
+    return {
+        "rows": rows,
+        "objects": object_rows,
+        "problems": [(j.name, j.problems) for j in problems],
+        "files": [
+            sweep / n for n in ("report.md", "report.csv", "report_objects.csv", "report.png")
+        ],
+    }
+
+
+def _bar_chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(rows))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    for i, (metric, label) in enumerate(zip(METRICS, ("mIoU", "mBIoU", "mAcc"), strict=True)):
+        values = [100 * (r[metric] or 0.0) for r in rows]
+        ax.bar(x + (i - 1) * width, values, width, label=label)
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("persam sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="persam-report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multiruns/...)")
+    args = parser.parse_args(argv)
+    try:
+        result = build_report(args.folder)
+    except ReportError as exc:
+        print(f"persam-report: {exc}", file=sys.stderr)
+        return 1
+    print((args.folder / "report.md").read_text())
+    for name, problems in result["problems"]:
+        print(f"WARNING: {name}: {'; '.join(problems)}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in result["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
