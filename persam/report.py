@@ -90,8 +90,11 @@ def find_jobs(sweep: Path) -> list[Job]:
 
 
 def _name_variants(jobs: list[Job]) -> None:
-    """A variant's name: its overrides that are not shared by every job."""
-    common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
+    """A variant's name: its overrides that are not shared by every finished job."""
+    pool = [j for j in jobs if j.finished and j.overrides]
+    if len(pool) < 2:
+        pool = [j for j in jobs if j.overrides]
+    common = set.intersection(*(set(j.overrides) for j in pool)) if len(pool) > 1 else set()
     for job in jobs:
         own = [o for o in job.overrides if o not in common]
         job.name = " ".join(own) or (" ".join(job.overrides) or job.folder.name)
