@@ -49,6 +49,27 @@ def _job_names() -> tuple[str | None, str, bool]:
     return group, name, multirun
 
 
+def build_method(cfg: DictConfig):
+    """Instantiate `cfg.method`; an unknown field is reported with the fields that exist."""
+    try:
+        return instantiate(cfg.method)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
+            import inspect
+
+            target = hydra.utils.get_class(cfg.method._target_)
+            fields = [p for p in inspect.signature(target).parameters if p != "self"]
+            log.error(
+                "method '%s' has no such component (%s). Its fields are: %s.",
+                cfg.method.name,
+                cause,
+                ", ".join(fields),
+            )
+            raise SystemExit(2) from exc
+        raise
+
+
 def run(cfg: DictConfig) -> dict:
     """Compose -> instantiate -> evaluate; returns the metrics summary."""
     torch.manual_seed(cfg.seed)
@@ -64,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
         raise
     random_weights = cfg.backbone.get("checkpoint") is None
     cache = EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled)
-    method = instantiate(cfg.method).bind(sam, Encoder(sam, cache))
+    method = build_method(cfg).bind(sam, Encoder(sam, cache))
     if cfg.method.get("scale_weights") is not None:
         method.trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     dataset = instantiate(cfg.data)

@@ -103,3 +103,31 @@ def test_missing_checkpoint_exits_with_advice(tmp_path):
     assert proc.returncode == 2
     log = proc.stdout + proc.stderr
     assert "sam_vit_h_4b8939.pth" in log and "backbone.checkpoint=" in log
+
+
+@pytest.mark.slow
+def test_unknown_component_override(tmp_path):
+    proc = run_cli(
+        ["method.semantic_prompting=false", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path
+    )
+    assert proc.returncode == 1 and "semantic_prompting" in proc.stderr
+    proc = run_cli(
+        [
+            *SMALL_BACKBONE,
+            "+method.semantic_prompting=false",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'b'}",
+        ],
+        cwd=tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "semantic_prompting" in log and "semantic_prompt," in log
+
+
+@pytest.mark.slow
+def test_unknown_experiment(tmp_path):
+    proc = run_cli(
+        ["-m", "experiment=no_such_study", f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path
+    )
+    assert proc.returncode == 1
+    assert "no_such_study" in proc.stderr and "ablation_components" in proc.stderr
