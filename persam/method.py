@@ -191,6 +191,8 @@ class PerSAMF(PerSAM):
             refine_steps=refine_steps,
         )
         self.scale_weights = dict(scale_weights or {})
+        # Keyword arguments of the fit's Lightning Trainer (the `trainer` config group).
+        self.trainer_kwargs: dict = {}
 
     def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
         """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
@@ -212,7 +214,11 @@ class PerSAMF(PerSAM):
             high, _ = self._multiscale(predictor, target, attn_sim, coords, labels)
         gt = torch.as_tensor(mask_rgb[..., 0] > 0)
         fit = fit_scale_weights(
-            torch.as_tensor(high), gt, logger=logger, **self.scale_weights, **kw
+            torch.as_tensor(high),
+            gt,
+            logger=logger,
+            trainer_kwargs=self.trainer_kwargs,
+            **self.scale_weights,
         )
         target.fit = fit
         target.mask_weights = np.asarray(fit.weights, dtype=np.float32)
