@@ -203,8 +203,9 @@ class PerSAMF(PerSAM):
         return high, low
 
     def learn(
-        self, image: np.ndarray, mask_rgb: np.ndarray, logger: Any = None, **kw: Any
+        self, image: np.ndarray, mask_rgb: np.ndarray, logger: Any = None, name: str | None = None
     ) -> Target:
+        """PerSAM's target, plus the mixing weights fitted to the reference mask."""
         from persam.scale_weights import fit_scale_weights
 
         target = super().learn(image, mask_rgb)
@@ -218,6 +219,7 @@ class PerSAMF(PerSAM):
             gt,
             logger=logger,
             trainer_kwargs=self.trainer_kwargs,
+            log_name=f"fit/{name}/loss" if name else "fit/loss",
             **self.scale_weights,
         )
         target.fit = fit

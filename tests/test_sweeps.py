@@ -137,3 +137,40 @@ def test_report_errors_are_clear(tmp_path):
     (empty / "0" / ".hydra").mkdir(parents=True)
     proc = run_cli([str(empty)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 1 and "No finished runs" in proc.stderr
+
+
+def test_persam_vs_persam_f_in_one_command(data, tmp_path):
+    """`-m method=persam,persam_f`: two runs, PerSAM-F's weights, fit time and loss curves."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            *SMALL_BACKBONE,
+            "data=perseg",
+            f"data.root={data}",
+            "logger=csv",
+            "overlays=false",
+            "progress=false",
+            "method=persam,persam_f",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    persam, persam_f = (json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1"))
+    assert persam["method"] == "persam" and persam_f["method"] == "persam_f"
+    for name, obj in persam_f["objects"].items():
+        assert obj["status"] == "ok", obj["error"]
+        weights = obj["mask_weights"]
+        assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-6)
+        assert weights != pytest.approx([1 / 3] * 3, abs=1e-3), "the weights were learned"
+        assert obj["fit_seconds"] > 0 and obj["final_loss"] > 0
+        assert "mask_weights" not in persam["objects"][name]
+    rows = list(csv.DictReader((sweep / "1" / "csv" / "metrics.csv").open()))
+    curve = [float(r["fit/disc_a/loss"]) for r in rows if r.get("fit/disc_a/loss")]
+    assert len(curve) >= 10 and curve[-1] < curve[0]
+    proc = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    assert proc.returncode == 0, proc.stderr
+    report = (sweep / "report.md").read_text()
+    assert "| method=persam |" in report and "| method=persam_f |" in report
+    assert "mask_weights" in (sweep / "report_objects.csv").read_text().splitlines()[0]
