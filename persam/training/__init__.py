@@ -1,0 +1,10 @@
+"""Training the embedded SAM (`python -m persam.train`) on the synthetic one-shot world.
+
+* :mod:`persam.training.data` — pre-rendered scenes of the *train* identities, and batches of
+  scene pairs (two scenes of the same identity) in SAM's input frame.
+* :mod:`persam.training.prompts` — SAM-style prompt sampling from the ground truth: points,
+  jittered boxes, error-region correction points, previous-prediction mask prompts.
+* :mod:`persam.training.losses` — focal + dice mask losses, IoU-head regression, and the
+  identity-matching loss on the encoder features that PerSAM's location prior relies on.
+* :mod:`persam.training.module` — the Lightning module that trains a `Sam` with all of them.
+"""

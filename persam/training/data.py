@@ -1,0 +1,166 @@
+"""Training data: scenes of the synthetic world's *train* identities, served as scene pairs.
+
+The train identities (`split_identities("train", seed, n)`; disjoint from the held-out ones)
+are grouped into small "worlds" of `world_size` identities, like the held-out split: a scene of
+one identity has the other identities of its world as possible distractors. Every scene is
+rendered once up front (in `workers` processes; each from its own seeded numpy Generator, so the
+pool does not depend on the number of workers), stored JPEG-compressed and decoded as the
+on-disk splits are, and resized to SAM's input frame (`ResizeLongestSide`) as `SamPredictor`
+does. A batch is `batch_size` distinct identities with two different scenes each (randomly
+mirrored), drawn from a Generator seeded by (seed, step): batch `step` is always the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch.utils.data import IterableDataset
+
+from persam.backbone import PIXEL_MEAN, PIXEL_STD
+from persam.data.synthetic import SPLITS, Identity, render_scene, split_identities
+
+log = logging.getLogger(__name__)
+
+_JPEG_QUALITY = 95  # as the on-disk synthetic splits
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Parameters of the training scenes (the `train.data` config node)."""
+
+    seed: int = 0
+    num_identities: int = 480
+    scenes_per_identity: int = 6
+    world_size: int = 6
+    distractors: int = 4
+    workers: int = 2
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (h, w, 3) uint8, resized so that max(h, w) == image_size
+    mask: np.ndarray  # (h, w) bool
+
+
+def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, int]) -> Scene:
+    identity, world, seed, index, k, image_size, distractors = task
+    # (split code, dataset seed, identity index, scene index): disjoint from the on-disk splits,
+    # whose Generators are seeded with 5 entries.
+    rng = np.random.default_rng([SPLITS["train"], seed, index, k])
+    image, mask = render_scene(identity, rng, distractors=distractors, distractor_pool=world)
+    ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    if not ok:
+        raise OSError("cv2.imencode failed")
+    image = cv2.imdecode(jpg, cv2.IMREAD_COLOR)[..., ::-1]
+    resize = ResizeLongestSide(image_size)
+    small = resize.apply_image(np.ascontiguousarray(image))
+    small_mask = resize.apply_image(mask.astype(np.uint8) * 255) >= 128
+    return Scene(image=small, mask=small_mask)
+
+
+def render_pool(cfg: DataConfig, image_size: int, progress: bool = True) -> list[list[Scene]]:
+    """`pool[i][k]`: scene k of train identity i, in SAM's input frame (deterministic)."""
+    identities = split_identities("train", cfg.seed, cfg.num_identities)
+    tasks = []
+    for i, ident in enumerate(identities):
+        w0 = (i // cfg.world_size) * cfg.world_size
+        world = tuple(identities[w0 : w0 + cfg.world_size])
+        for k in range(cfg.scenes_per_identity):
+            tasks.append((ident, world, cfg.seed, i, k, image_size, cfg.distractors))
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="rendering scenes", unit="scene", disable=not progress)
+    scenes: list[Scene] = []
+    if cfg.workers > 1:
+        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+            for scene in pool.map(_render_one, tasks, chunksize=cfg.scenes_per_identity):
+                scenes.append(scene)
+                bar.update(1)
+    else:
+        for task in tasks:
+            scenes.append(_render_one(task))
+            bar.update(1)
+    bar.close()
+    log.info(
+        "Rendered %d scenes of %d train identities in %.1f s",
+        len(scenes),
+        cfg.num_identities,
+        time.perf_counter() - start,
+    )
+    n = cfg.scenes_per_identity
+    return [scenes[i * n : (i + 1) * n] for i in range(cfg.num_identities)]
+
+
+class PairBatches(IterableDataset):
+    """Endless batches of scene pairs; batch `step` is a pure function of (seed, step).
+
+    A batch (dict of tensors, 2B images; image `i` and image `(i + B) % 2B` show the same
+    identity):
+      image (2B, 3, S, S) float, normalised by SAM's pixel mean/std and zero-padded (as
+          `Sam.preprocess`);
+      mask (2B, 1, S, S) float 0/1 in the same frame; valid (2B, 2) int, the unpadded (h, w);
+      identity (2B,) int, index of the train identity.
+    """
+
+    def __init__(
+        self, pool: list[list[Scene]], batch_size: int, image_size: int, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if batch_size > len(pool):
+            raise ValueError(
+                f"train.batch_size={batch_size} pairs needs at least as many train identities "
+                f"(train.data.num_identities={len(pool)})"
+            )
+        if min(len(s) for s in pool) < 2:
+            raise ValueError("train.data.scenes_per_identity must be at least 2 (scene pairs)")
+        self.pool = pool
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.seed = seed
+        self.mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, 11])
+        b, s = self.batch_size, self.image_size
+        ids = rng.choice(len(self.pool), size=b, replace=False)
+        picks = [rng.choice(len(self.pool[i]), size=2, replace=False) for i in ids]
+        flips = rng.random(2 * b) < 0.5
+        images = torch.zeros(2 * b, 3, s, s)
+        masks = torch.zeros(2 * b, 1, s, s)
+        valid = torch.zeros(2 * b, 2, dtype=torch.long)
+        identity = torch.zeros(2 * b, dtype=torch.long)
+        for j in range(2 * b):
+            i = int(ids[j % b])
+            scene = self.pool[i][int(picks[j % b][j // b])]
+            image, mask = scene.image, scene.mask
+            if flips[j]:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            h, w = mask.shape
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+            images[j, :, :h, :w] = (x - self.mean) / self.std
+            masks[j, 0, :h, :w] = torch.from_numpy(np.ascontiguousarray(mask)).float()
+            valid[j] = torch.tensor([h, w])
+            identity[j] = i
+        return {"image": images, "mask": masks, "valid": valid, "identity": identity}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def grid_fraction(mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """Fraction of each feature-grid cell covered by `mask` (B, 1, S, S) -> (B, grid*grid)."""
+    return F.adaptive_avg_pool2d(mask, grid).flatten(1)

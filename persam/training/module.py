@@ -1,0 +1,311 @@
+"""The Lightning module that trains a small `Sam` from scratch on scene pairs.
+
+Per batch (2B images, B identities x 2 scenes):
+
+1. The image encoder runs once on all images.
+2. Identity matching (what PerSAM's location prior needs): each image's mask-pooled mean
+   feature (the "target embedding", on the feature grid) is compared by cosine similarity with
+   every feature of every image; `losses.identity_loss` makes the map high on the same
+   identity's object and low elsewhere (distractors, background, other identities).
+3. Promptable segmentation as SAM is trained, `passes` decoder passes per batch: the first
+   prompted by one positive point (ambiguous: SAM's three masks, min-over-masks loss), a
+   positive and a negative point, or a jittered box; each later pass adds the previous
+   prediction's low-res logits as a mask prompt, with probability `correction_prob` a point in
+   the previous error region and with probability `box_prob` the box of the previous mask (the
+   prompts of PerSAM's cascaded refinement). Every pass: focal + dice on the single-mask output
+   and min over the three multimask outputs, and MSE of the IoU head to the actual IoU.
+4. With probability `guided_prob` / `semantic_prob` per batch the decoder runs with PerSAM's
+   target-guided attention / target-semantic prompt computed from the *other* scene of the pair
+   (detached), so that the training-free components meet a decoder that has seen them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import Tensor, nn
+
+from persam.backbone import build_architecture
+from persam.decoder import personalize
+from persam.training import losses
+from persam.training.data import grid_fraction
+from persam.training.prompts import (
+    PointSet,
+    boxes_from,
+    correction_points,
+    gt_boxes,
+    initial_points,
+)
+
+FIRST_PROMPTS = ("point", "pos_neg", "box")
+
+
+def decode(
+    sam: Sam,
+    features: Tensor,
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+    mask_input: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """SAM's prompt encoder + mask decoder for a batch of images with one prompt set each.
+
+    `MaskDecoder.predict_masks` repeats every image embedding once per prompt (one image, many
+    prompts); here image i pairs with prompt set i. Returns all four masks (token 0 = the
+    single-mask output, 1-3 = the multimask outputs) as low-res logits (B, 4, 4h, 4w) and the
+    IoU predictions (B, 4).
+    """
+    md = sam.mask_decoder
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    b, c, h, w = features.shape
+    out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    src = features + dense
+    pos = sam.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+    hs, src = md.transformer(src, pos, tokens)
+    iou_token, mask_tokens = hs[:, 0], hs[:, 1 : 1 + md.num_mask_tokens]
+    upscaled = md.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack(
+        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1
+    )
+    bu, cu, hu, wu = upscaled.shape
+    masks = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
+    return masks, md.iou_prediction_head(iou_token)
+
+
+def attention_guidance(sim: Tensor, valid: Tensor, patch: int) -> Tensor:
+    """PerSAM's guided-attention map from grid similarities (N, g, g) -> (N, 1, 1, g*g).
+
+    As `persam.guided_attention.attention_map` sees it: the map of the unpadded image,
+    standardised, bilinearly stretched over the whole grid, sigmoid.
+    """
+    g = sim.shape[-1]
+    out = []
+    for s, (h, w) in zip(sim, valid.tolist(), strict=True):
+        crop = s[: max(1, math.ceil(h / patch)), : max(1, math.ceil(w / patch))]
+        crop = (crop - crop.mean()) / crop.std().clamp_min(1e-6)
+        out.append(F.interpolate(crop[None, None], size=(g, g), mode="bilinear")[0])
+    return torch.stack(out).sigmoid().flatten(2).unsqueeze(1)
+
+
+class EmbeddedSamModule(L.LightningModule):
+    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`).
+
+    Only `self.sam`'s state dict is shipped; the identity loss's `logit_scale`/`logit_bias`
+    are training-only parameters.
+    """
+
+    def __init__(
+        self,
+        architecture: dict[str, Any],
+        seed: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        passes: int = 3,
+        first_prompt_probs: tuple[float, float, float] = (0.35, 0.4, 0.25),
+        correction_prob: float = 0.7,
+        box_prob: float = 0.5,
+        guided_prob: float = 0.5,
+        semantic_prob: float = 0.5,
+        focal_weight: float = 20.0,
+        dice_weight: float = 1.0,
+        iou_weight: float = 1.0,
+        identity_weight: float = 1.0,
+        nce_temperature: float = 0.1,
+        loss_size: int = 128,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.sam = build_architecture(**architecture)
+        self.patch = int(architecture.get("vit_patch_size", 16))
+        self.decoder_handle = personalize(self.sam)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-5.0))
+        probs = np.asarray(first_prompt_probs, dtype=np.float64)
+        self.first_prompt_probs = probs / probs.sum()
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _decode(self, features, points: PointSet, boxes, mask_input, guidance, semantic):
+        handle = self.decoder_handle
+        for attn in handle.attentions:
+            attn.guidance = guidance
+        handle.semantic.embedding = semantic
+        try:
+            return decode(self.sam, features, points.tensors(features.device), boxes, mask_input)
+        finally:
+            for attn in handle.attentions:
+                attn.guidance = None
+            handle.semantic.embedding = None
+
+    def _mask_losses(self, low: Tensor, iou_pred: Tensor, gt: Tensor, weight: Tensor):
+        """Losses at the resolution of `gt` (the low-res logits upsampled bilinearly to it, as
+        `Sam.postprocess_masks` does); `up` are those upsampled logits."""
+        size = gt.shape[-2:]
+        up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        focal = losses.focal_loss(up, gt, weight)
+        dice = losses.dice_loss(up, gt, weight)
+        per_mask = self.hparams.focal_weight * focal + self.hparams.dice_weight * dice
+        with torch.no_grad():
+            actual = losses.mask_iou(up, (gt > 0.5).float(), weight)
+        iou_loss = F.mse_loss(iou_pred, actual)
+        return {
+            "single": per_mask[:, 0].mean(),
+            "multi": per_mask[:, 1:].min(dim=1).values.mean(),
+            "iou_head": iou_loss,
+            "iou": actual[:, 0].mean(),
+            "up": up,
+        }
+
+    # -- Lightning -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, gt, valid, identity = (
+            batch["image"],
+            batch["mask"],
+            batch["valid"],
+            batch["identity"],
+        )
+        n = images.shape[0]
+        rng = np.random.default_rng([self.hparams.seed, int(self.global_step), 23])
+
+        features = self.sam.image_encoder(images)  # (N, C, g, g)
+        g = features.shape[-1]
+        flat = features.flatten(2)
+        frac = grid_fraction(gt, g)
+        weight = torch.zeros_like(gt)
+        for i, (h, w) in enumerate(valid.tolist()):
+            weight[i, :, :h, :w] = 1.0
+        valid_cells = grid_fraction(weight, g) > 0
+        inside = losses.cell_membership(frac)
+        protos = losses.prototypes(flat, inside)
+        sim = losses.similarity(flat, protos)
+        ident = losses.identity_loss(
+            sim,
+            frac,
+            valid_cells,
+            identity,
+            self.logit_scale.exp(),
+            self.logit_bias,
+            self.hparams.nce_temperature,
+        )
+
+        # PerSAM's additions, from the other scene of each pair (reference -> this image)
+        pair = (torch.arange(n) + n // 2) % n
+        guidance = semantic = None
+        if rng.random() < self.hparams.guided_prob:
+            ref_sim = sim.detach()[pair, torch.arange(n)].view(n, g, g)
+            guidance = attention_guidance(ref_sim, valid, self.patch)
+        if rng.random() < self.hparams.semantic_prob:
+            semantic = protos.detach()[pair].unsqueeze(1)
+
+        # mask losses at `loss_size` (area-downsampled soft targets): the loss is 16x cheaper
+        # than at the input size and still finer than the 4 x grid low-res masks
+        size = images.shape[-1]
+        loss_size = min(int(self.hparams.loss_size), size)
+        gt_loss = F.interpolate(gt, size=(loss_size, loss_size), mode="area")
+        weight_loss = F.interpolate(weight, size=(loss_size, loss_size), mode="area")
+        to_loss = loss_size / size
+        gt_small = (gt_loss[:, 0] > 0.5).cpu().numpy()
+        valid_small = (valid.float() * to_loss).ceil().long().cpu().numpy()
+        gt_np = gt[:, 0].bool().cpu().numpy()
+        valid_np = valid.cpu().numpy()
+        kind = FIRST_PROMPTS[int(rng.choice(len(FIRST_PROMPTS), p=self.first_prompt_probs))]
+        if kind == "box":
+            points, boxes = PointSet(n), gt_boxes(gt_np, valid_np, rng)
+        else:
+            points, boxes = initial_points(gt_np, valid_np, rng, negative=kind == "pos_neg"), None
+        mask_input = None
+        seg = {"single": 0.0, "multi": 0.0, "iou_head": 0.0}
+        first_iou = last_iou = None
+        passes = int(self.hparams.passes)
+        for p in range(passes):
+            low, iou_pred = self._decode(features, points, boxes, mask_input, guidance, semantic)
+            out = self._mask_losses(low, iou_pred, gt_loss, weight_loss)
+            for k in seg:
+                seg[k] = seg[k] + out[k] / passes
+            first_iou = out["iou"] if first_iou is None else first_iou
+            last_iou = out["iou"]
+            if p + 1 == passes:
+                break
+            with torch.no_grad():
+                # the mask PerSAM passes on: the single output first (point pairs, boxes),
+                # then the best-scored of the three
+                if p == 0 and kind != "point":
+                    idx = torch.zeros(n, dtype=torch.long)
+                else:
+                    idx = iou_pred[:, 1:].argmax(1) + 1
+                rows = torch.arange(n)
+                mask_input = low[rows, idx].unsqueeze(1).detach()
+                pred = (out["up"][rows, idx] > 0).cpu().numpy()
+            if rng.random() < self.hparams.correction_prob:
+                points = correction_points(
+                    points, gt_small, pred, valid_small, rng, scale=1 / to_loss
+                )
+            if kind != "box":
+                boxes = (
+                    boxes_from(pred, gt_np, valid_np, rng, scale=1 / to_loss)
+                    if rng.random() < self.hparams.box_prob
+                    else None
+                )
+            if len(points) == 0 and boxes is None:
+                boxes = gt_boxes(gt_np, valid_np, rng)
+
+        seg_loss = seg["single"] + seg["multi"] + self.hparams.iou_weight * seg["iou_head"]
+        id_loss = ident["bce"] + ident["nce"]
+        loss = seg_loss + self.hparams.identity_weight * id_loss
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/seg": seg_loss,
+                "train/single": seg["single"],
+                "train/multi": seg["multi"],
+                "train/iou_head": seg["iou_head"],
+                "train/identity_bce": ident["bce"],
+                "train/identity_nce": ident["nce"],
+                "train/argmax_hit": ident["argmax_hit"],
+                "train/iou_first": first_iou,
+                "train/iou_last": last_iou,
+                "train/lr": self.optimizers().param_groups[0]["lr"],
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=n,
+        )
+        self.log("loss", loss, on_step=True, prog_bar=True, logger=False, batch_size=n)
+        self.log("iou", last_iou, on_step=True, prog_bar=True, logger=False, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim < 2 or "pos_embed" in name or "rel_pos" in name or "logit_" in name:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.max_steps))
+        warmup = min(int(self.hparams.warmup_steps), total // 2)
+        floor = float(self.hparams.min_lr_ratio)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
