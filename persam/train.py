@@ -203,6 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         data_cfg.num_identities * data_cfg.scenes_per_identity,
         num_params,
         float(tcfg.memory_fraction),
+        extra_objects=int(tcfg.get("extra_objects", 0)),
     )
     log.info(
         "Embedded SAM: %s parameters, estimated peak memory %.2f GiB",
@@ -213,7 +214,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     pool = render_pool(data_cfg, int(arch["image_size"]), progress=bool(cfg.progress))
     rendered = time.perf_counter()
-    data = PairBatches(pool, batch_size, int(arch["image_size"]), seed=int(cfg.seed))
+    data = PairBatches(
+        pool,
+        batch_size,
+        int(arch["image_size"]),
+        seed=int(cfg.seed),
+        extra_objects=int(tcfg.get("extra_objects", 0)),
+    )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = EmbeddedSamModule(arch, seed=int(cfg.seed), **module_kwargs)
 

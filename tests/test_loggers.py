@@ -21,9 +21,18 @@ def data(tmp_path_factory):
 
 def test_wandb_offline_run(data, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*SMALL_BACKBONE, "data=perseg", f"data.root={data}", "logger=wandb",
-                    f"hydra.run.dir={out}", "progress=false"], cwd=tmp_path,
-                   env={"WANDB_MODE": "offline"})
+    proc = run_cli(
+        [
+            *SMALL_BACKBONE,
+            "data=perseg",
+            f"data.root={data}",
+            "logger=wandb",
+            f"hydra.run.dir={out}",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -41,8 +50,17 @@ def test_wandb_offline_run(data, tmp_path):
 
 def test_csv_logger(data, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*SMALL_BACKBONE, "data=perseg", f"data.root={data}", "logger=csv",
-                    f"hydra.run.dir={out}", "progress=false"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            *SMALL_BACKBONE,
+            "data=perseg",
+            f"data.root={data}",
+            "logger=csv",
+            f"hydra.run.dir={out}",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
     keys = set(rows[0])

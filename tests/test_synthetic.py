@@ -132,6 +132,32 @@ def test_render_scene_in_memory_is_deterministic() -> None:
     assert not np.array_equal(img1, img3)
 
 
+def test_distractor_labels_draw_the_same_scene() -> None:
+    ident = make_identity(12345)
+    pool = [make_identity(s) for s in (11, 22, 33)]
+    for seed in range(5):
+        img, mask = render_scene(
+            ident, np.random.default_rng(seed), size=(300, 400), distractor_pool=pool
+        )
+        img2, mask2, labels = render_scene(
+            ident,
+            np.random.default_rng(seed),
+            size=(300, 400),
+            distractor_pool=pool,
+            distractor_labels=True,
+        )
+        np.testing.assert_array_equal(img, img2)
+        np.testing.assert_array_equal(mask, mask2)
+        assert labels.shape == mask.shape and labels.dtype == np.uint8
+        assert not (labels[mask] > 0).any()  # the target covers the distractors behind it
+        assert set(np.unique(labels)) <= set(range(5))
+        assert (labels > 0).sum() > 0
+    *_, none = render_scene(
+        ident, np.random.default_rng(0), size=(300, 400), distractors=0, distractor_labels=True
+    )
+    assert not none.any()
+
+
 def test_make_identity_is_deterministic() -> None:
     assert make_identity(99) == make_identity(99)
     assert make_identity(99) != make_identity(100)

@@ -179,3 +179,24 @@ def test_prompt_sampling():
     assert b[0].tolist() == [20.0, 10.0, 39.0, 29.0]
     empty = PointSet(2)
     assert len(empty) == 0 and empty.tensors() is None
+
+
+def test_batches_carry_visible_distractors_without_changing_the_pairs():
+    from persam.training.data import DataConfig, PairBatches, render_pool
+
+    pool = render_pool(
+        DataConfig(num_identities=3, scenes_per_identity=2, workers=1), 128, progress=False
+    )
+    plain = PairBatches(pool, 2, 128, seed=0).batch(5)
+    rich = PairBatches(pool, 2, 128, seed=0, extra_objects=3).batch(5)
+    for key in ("image", "mask", "valid", "identity"):
+        assert torch.equal(plain[key], rich[key])
+    assert plain["others"].shape == (4, 0, 128, 128)
+    others, ok = rich["others"], rich["others_ok"]
+    assert others.shape == (4, 3, 128, 128) and ok.any()
+    area = others.sum((-2, -1))
+    assert torch.equal(area > 0, ok)  # a slot is used exactly when it holds a mask
+    assert (area[ok] >= 0.004 * 128 * 96).all()  # at least min_other_area of the image
+    assert not (others * rich["mask"]).any()  # never the target's pixels
+    for j, (h, w) in enumerate(rich["valid"].tolist()):
+        assert not others[j, :, h:, :].any() and not others[j, :, :, w:].any()

@@ -530,7 +530,8 @@ def render_scene(
     distractor_pool: Sequence[Identity] = (),
     max_occluders: int = 2,
     max_occlusion: float = 0.15,
-) -> tuple[np.ndarray, np.ndarray]:
+    distractor_labels: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one scene of ``identity`` in memory.
 
     Args:
@@ -543,9 +544,13 @@ def render_scene(
         distractor_pool: identities that may appear as distractors.
         max_occluders: at most this many small objects are drawn in front of the target.
         max_occlusion: occluders may hide at most this fraction of the target's area.
+        distractor_labels: also return the visible pixels of every distractor (training data
+            for promptable segmentation of more than the target). Draws nothing differently.
 
     Returns:
-        ``(image, mask)``: RGB uint8 H x W x 3 and bool H x W (the visible target pixels).
+        ``(image, mask)``: RGB uint8 H x W x 3 and bool H x W (the visible target pixels);
+        with ``distractor_labels``, ``(image, mask, labels)``: uint8 H x W, ``k`` (1-based) on
+        the visible pixels of the k-th distractor drawn, 0 elsewhere.
     """
     h, w = size if size is not None else _sample_size(rng)
     short = min(h, w)
@@ -559,7 +564,8 @@ def render_scene(
     centre = (float(rng.uniform(r, w - r)), float(rng.uniform(r, h - r)))
     angle = float(rng.uniform(0, 2 * np.pi))
 
-    for _ in range(distractors):
+    labels = np.zeros((h, w), np.uint8)
+    for k in range(distractors):
         if pool and rng.random() < 0.35:
             other = pool[int(rng.integers(len(pool)))]
             sprite = _cached_sprite(other)
@@ -571,6 +577,8 @@ def render_scene(
         placed = _warp(sprite, d_centre, diameter * rng.uniform(0.5, 1.2), d_angle, (h, w))
         if placed is not None:
             _blend(img, placed, *_colour_jitter(rng))
+            if distractor_labels:  # later objects cover earlier ones
+                labels[_full_mask(placed, (h, w))] = k + 1
 
     placed = _warp(_cached_sprite(identity), centre, diameter, angle, (h, w))
     assert placed is not None  # the target lies inside the image
@@ -595,6 +603,7 @@ def render_scene(
             if int((visible & ~o_mask).sum()) >= min_visible:
                 _blend(img, o_placed, *_colour_jitter(rng))
                 visible &= ~o_mask
+                labels[o_mask] = 0
                 break
 
     # global photometric effects: illumination ramp, slight blur, sensor noise
@@ -606,6 +615,9 @@ def render_scene(
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 0.9)))
     img += np.float32(rng.uniform(1.0, 4.0)) * rng.standard_normal(img.shape, dtype=np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if distractor_labels:
+        labels[full] = 0
+        return image, visible, labels
     return image, visible
 
 

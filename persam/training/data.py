@@ -49,6 +49,7 @@ class DataConfig:
 class Scene:
     image: np.ndarray  # (h, w, 3) uint8, resized so that max(h, w) == image_size
     mask: np.ndarray  # (h, w) bool
+    labels: np.ndarray  # (h, w) uint8: k > 0 on the visible pixels of distractor k
 
 
 def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, int]) -> Scene:
@@ -56,7 +57,9 @@ def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, 
     # (split code, dataset seed, identity index, scene index): disjoint from the on-disk splits,
     # whose Generators are seeded with 5 entries.
     rng = np.random.default_rng([SPLITS["train"], seed, index, k])
-    image, mask = render_scene(identity, rng, distractors=distractors, distractor_pool=world)
+    image, mask, labels = render_scene(
+        identity, rng, distractors=distractors, distractor_pool=world, distractor_labels=True
+    )
     ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if not ok:
         raise OSError("cv2.imencode failed")
@@ -64,7 +67,9 @@ def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, 
     resize = ResizeLongestSide(image_size)
     small = resize.apply_image(np.ascontiguousarray(image))
     small_mask = resize.apply_image(mask.astype(np.uint8) * 255) >= 128
-    return Scene(image=small, mask=small_mask)
+    small_labels = cv2.resize(labels, small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    small_labels[small_mask] = 0  # the resized target mask wins on its boundary
+    return Scene(image=small, mask=small_mask, labels=small_labels)
 
 
 def render_pool(cfg: DataConfig, image_size: int, progress: bool = True) -> list[list[Scene]]:
@@ -109,11 +114,20 @@ class PairBatches(IterableDataset):
       image (2B, 3, S, S) float, normalised by SAM's pixel mean/std and zero-padded (as
           `Sam.preprocess`);
       mask (2B, 1, S, S) float 0/1 in the same frame; valid (2B, 2) int, the unpadded (h, w);
-      identity (2B,) int, index of the train identity.
+      identity (2B,) int, index of the train identity;
+      others (2B, E, S, S) float 0/1: up to `extra_objects` visible distractors per image (at
+          least `min_other_area` of the image each; more promptable-segmentation targets for
+          the same encoder pass), others_ok (2B, E) bool: which of them exist.
     """
 
     def __init__(
-        self, pool: list[list[Scene]], batch_size: int, image_size: int, seed: int = 0
+        self,
+        pool: list[list[Scene]],
+        batch_size: int,
+        image_size: int,
+        seed: int = 0,
+        extra_objects: int = 0,
+        min_other_area: float = 0.004,
     ) -> None:
         super().__init__()
         if batch_size > len(pool):
@@ -127,6 +141,8 @@ class PairBatches(IterableDataset):
         self.batch_size = batch_size
         self.image_size = image_size
         self.seed = seed
+        self.extra_objects = extra_objects
+        self.min_other_area = min_other_area
         self.mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
         self.std = torch.tensor(PIXEL_STD).view(3, 1, 1)
 
@@ -140,19 +156,37 @@ class PairBatches(IterableDataset):
         masks = torch.zeros(2 * b, 1, s, s)
         valid = torch.zeros(2 * b, 2, dtype=torch.long)
         identity = torch.zeros(2 * b, dtype=torch.long)
+        e = self.extra_objects
+        others = torch.zeros(2 * b, e, s, s)
+        others_ok = torch.zeros(2 * b, e, dtype=torch.bool)
+        other_rng = np.random.default_rng([self.seed, step, 12])  # keeps `rng`'s draws as before
         for j in range(2 * b):
             i = int(ids[j % b])
             scene = self.pool[i][int(picks[j % b][j // b])]
-            image, mask = scene.image, scene.mask
+            image, mask, labels = scene.image, scene.mask, scene.labels
             if flips[j]:
-                image, mask = image[:, ::-1], mask[:, ::-1]
+                image, mask, labels = image[:, ::-1], mask[:, ::-1], labels[:, ::-1]
             h, w = mask.shape
             x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
             images[j, :, :h, :w] = (x - self.mean) / self.std
             masks[j, 0, :h, :w] = torch.from_numpy(np.ascontiguousarray(mask)).float()
             valid[j] = torch.tensor([h, w])
             identity[j] = i
-        return {"image": images, "mask": masks, "valid": valid, "identity": identity}
+            if e:
+                ks, areas = np.unique(labels, return_counts=True)
+                big = ks[(ks > 0) & (areas >= self.min_other_area * h * w)]
+                chosen = other_rng.permutation(big)[:e]
+                for q, k in enumerate(chosen):
+                    others[j, q, :h, :w] = torch.from_numpy(np.ascontiguousarray(labels == k))
+                    others_ok[j, q] = True
+        return {
+            "image": images,
+            "mask": masks,
+            "valid": valid,
+            "identity": identity,
+            "others": others,
+            "others_ok": others_ok,
+        }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step = 0

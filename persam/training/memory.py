@@ -32,7 +32,12 @@ def available_bytes() -> int:
 
 
 def estimate_bytes(
-    arch: dict[str, Any], batch_size: int, passes: int, num_scenes: int, num_params: int
+    arch: dict[str, Any],
+    batch_size: int,
+    passes: int,
+    num_scenes: int,
+    num_params: int,
+    extra_objects: int = 0,
 ) -> int:
     """Estimated peak bytes of one training step (see the module docstring)."""
     size = int(arch.get("image_size", 1024))
@@ -55,10 +60,10 @@ def estimate_bytes(
     low = 4 * grid
     decoder = tokens * chans * 40 + low * low * (chans // 8) * 8 + 4 * low * low * 4
     loss = 4 * size * size * 14
-    per_image = encoder + passes * (decoder + loss)
+    per_image = encoder + passes * (decoder + loss) * (1 + extra_objects)
     activations = images * per_image * FLOAT
     params = num_params * FLOAT * 4  # weights, gradients, AdamW moments
-    pool = num_scenes * (size * size * 3 + size * size)  # uint8 images and bool masks
+    pool = num_scenes * size * size * 5  # uint8 images, bool masks, uint8 distractor labels
     return int(MARGIN * (activations + params) + pool)
 
 
@@ -69,15 +74,17 @@ def check_memory(
     num_scenes: int,
     num_params: int,
     fraction: float = 0.8,
+    extra_objects: int = 0,
 ) -> int:
     """Raise `TrainingMemoryError` (with what to change) when the estimate does not fit."""
-    need = estimate_bytes(arch, batch_size, passes, num_scenes, num_params)
+    need = estimate_bytes(arch, batch_size, passes, num_scenes, num_params, extra_objects)
     have = available_bytes()
     if need > fraction * have:
         raise TrainingMemoryError(
             f"This training configuration needs about {need / 2**30:.1f} GiB but only "
             f"{have / 2**30:.1f} GiB of memory is available ({fraction:.0%} may be used). "
-            f"Lower train.batch_size (now {batch_size}), train.module.passes (now {passes}) or "
+            f"Lower train.batch_size (now {batch_size}), train.module.passes (now {passes}), "
+            f"train.extra_objects (now {extra_objects}) or "
             f"the input size backbone.image_size (now {arch.get('image_size')}), or "
             f"train.data.num_identities / train.data.scenes_per_identity for the scene pool."
         )

@@ -120,6 +120,7 @@ class EmbeddedSamModule(L.LightningModule):
         identity_weight: float = 1.0,
         nce_temperature: float = 0.1,
         loss_size: int = 128,
+        extra_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -163,50 +164,15 @@ class EmbeddedSamModule(L.LightningModule):
             "up": up,
         }
 
-    # -- Lightning -------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, gt, valid, identity = (
-            batch["image"],
-            batch["mask"],
-            batch["valid"],
-            batch["identity"],
-        )
-        n = images.shape[0]
-        rng = np.random.default_rng([self.hparams.seed, int(self.global_step), 23])
-
-        features = self.sam.image_encoder(images)  # (N, C, g, g)
-        g = features.shape[-1]
-        flat = features.flatten(2)
-        frac = grid_fraction(gt, g)
-        weight = torch.zeros_like(gt)
-        for i, (h, w) in enumerate(valid.tolist()):
-            weight[i, :, :h, :w] = 1.0
-        valid_cells = grid_fraction(weight, g) > 0
-        inside = losses.cell_membership(frac)
-        protos = losses.prototypes(flat, inside)
-        sim = losses.similarity(flat, protos)
-        ident = losses.identity_loss(
-            sim,
-            frac,
-            valid_cells,
-            identity,
-            self.logit_scale.exp(),
-            self.logit_bias,
-            self.hparams.nce_temperature,
-        )
-
-        # PerSAM's additions, from the other scene of each pair (reference -> this image)
-        pair = (torch.arange(n) + n // 2) % n
-        guidance = semantic = None
-        if rng.random() < self.hparams.guided_prob:
-            ref_sim = sim.detach()[pair, torch.arange(n)].view(n, g, g)
-            guidance = attention_guidance(ref_sim, valid, self.patch)
-        if rng.random() < self.hparams.semantic_prob:
-            semantic = protos.detach()[pair].unsqueeze(1)
-
+    def _segment(self, features, gt, weight, valid, rng, guidance, semantic) -> dict:
+        """SAM's interactive training on targets `gt` (N, 1, S, S) of images `features`:
+        `passes` decoder passes, the first prompt drawn from FIRST_PROMPTS, later passes add
+        the previous mask, correction points and boxes. Returns the pass-averaged losses and the
+        IoU of the first / last pass."""
+        n = features.shape[0]
         # mask losses at `loss_size` (area-downsampled soft targets): the loss is 16x cheaper
         # than at the input size and still finer than the 4 x grid low-res masks
-        size = images.shape[-1]
+        size = gt.shape[-1]
         loss_size = min(int(self.hparams.loss_size), size)
         gt_loss = F.interpolate(gt, size=(loss_size, loss_size), mode="area")
         weight_loss = F.interpolate(weight, size=(loss_size, loss_size), mode="area")
@@ -255,6 +221,69 @@ class EmbeddedSamModule(L.LightningModule):
                 )
             if len(points) == 0 and boxes is None:
                 boxes = gt_boxes(gt_np, valid_np, rng)
+        seg["iou_first"], seg["iou_last"] = first_iou, last_iou
+        return seg
+
+    # -- Lightning -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, gt, valid, identity = (
+            batch["image"],
+            batch["mask"],
+            batch["valid"],
+            batch["identity"],
+        )
+        n = images.shape[0]
+        rng = np.random.default_rng([self.hparams.seed, int(self.global_step), 23])
+
+        features = self.sam.image_encoder(images)  # (N, C, g, g)
+        g = features.shape[-1]
+        flat = features.flatten(2)
+        frac = grid_fraction(gt, g)
+        weight = torch.zeros_like(gt)
+        for i, (h, w) in enumerate(valid.tolist()):
+            weight[i, :, :h, :w] = 1.0
+        valid_cells = grid_fraction(weight, g) > 0
+        inside = losses.cell_membership(frac)
+        protos = losses.prototypes(flat, inside)
+        sim = losses.similarity(flat, protos)
+        ident = losses.identity_loss(
+            sim,
+            frac,
+            valid_cells,
+            identity,
+            self.logit_scale.exp(),
+            self.logit_bias,
+            self.hparams.nce_temperature,
+        )
+
+        # PerSAM's additions, from the other scene of each pair (reference -> this image)
+        pair = (torch.arange(n) + n // 2) % n
+        guidance = semantic = None
+        if rng.random() < self.hparams.guided_prob:
+            ref_sim = sim.detach()[pair, torch.arange(n)].view(n, g, g)
+            guidance = attention_guidance(ref_sim, valid, self.patch)
+        if rng.random() < self.hparams.semantic_prob:
+            semantic = protos.detach()[pair].unsqueeze(1)
+
+        seg = self._segment(features, gt, weight, valid, rng, guidance, semantic)
+        others_ok = batch.get("others_ok")
+        extra = None
+        if others_ok is not None and bool(others_ok.any()):
+            # more promptable-segmentation targets from the same encoder pass: visible
+            # distractors, decoded plainly (no PerSAM additions; they are not the reference's)
+            img_idx, slot = others_ok.nonzero(as_tuple=True)
+            extra = self._segment(
+                features[img_idx],
+                batch["others"][img_idx, slot].unsqueeze(1),
+                weight[img_idx],
+                valid[img_idx],
+                rng,
+                None,
+                None,
+            )
+            for k in ("single", "multi", "iou_head"):
+                seg[k] = seg[k] + self.hparams.extra_weight * extra[k]
+        first_iou, last_iou = seg["iou_first"], seg["iou_last"]
 
         seg_loss = seg["single"] + seg["multi"] + self.hparams.iou_weight * seg["iou_head"]
         id_loss = ident["bce"] + ident["nce"]
@@ -271,6 +300,7 @@ class EmbeddedSamModule(L.LightningModule):
                 "train/argmax_hit": ident["argmax_hit"],
                 "train/iou_first": first_iou,
                 "train/iou_last": last_iou,
+                "train/iou_other": extra["iou_last"] if extra is not None else float("nan"),
                 "train/lr": self.optimizers().param_groups[0]["lr"],
             },
             on_step=True,
