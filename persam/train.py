@@ -1,6 +1,6 @@
 """`python -m persam.train` — train the embedded SAM from scratch (a Hydra app, conf/train.yaml).
 
-python -m persam.train                                    # the shipped recipe (~35 min, 2 CPUs)
+python -m persam.train                                    # the shipped recipe (~46 min, 2 CPUs)
 python -m persam.train train.export_dir=persam/weights    # ... and ship the result
 python -m persam.train trainer.max_steps=5 train.batch_size=2 \
     train.data.num_identities=4 train.data.scenes_per_identity=2   # a quick check
@@ -141,7 +141,7 @@ synthetic world's **train** identities (the held-out identities evaluated by
 | date (UTC) | {rec["date"]} |
 | machine | {rec["machine"]} |
 | torch | {rec["torch"]} |
-| steps x batch | {rec["steps"]} x {rec["batch_size"]} pairs ({2 * rec["batch_size"]} images) |
+| steps x batch | {rec["steps"]} x {rec["batch_size"]} pairs ({2 * rec["batch_size"]} images, {rec.get("extra_objects", 0)} extra object(s) each) |
 | scene rendering | {rec["render_seconds"]:.0f} s |
 | training | {rec["fit_seconds"]:.0f} s ({rec["steps_per_second"]:.2f} steps/s) |
 | total | {rec["total_seconds"] / 60:.1f} min wall, {rec.get("cpu_seconds", float("nan")) / 60:.1f} min CPU |
@@ -165,11 +165,11 @@ Module (losses, prompts, optimiser): {module}.
 {rows}
 
 `single`/`multi`: focal (x{rec["module"].get("focal_weight")}) + dice of the single-mask output /
-best of the three multimask outputs, averaged over the decoder passes; `iou_head`: MSE of the
-IoU prediction; `identity_bce`/`identity_nce`: the identity-matching losses on the encoder
+best of the three multimask outputs, averaged over the decoder passes (target plus
+`extra_weight` x the extra objects); `iou_head`: MSE of the IoU prediction; `identity_bce`/`identity_nce`: the identity-matching losses on the encoder
 features; `argmax_hit`: share of scene pairs whose similarity arg-max (PerSAM's positive point)
 falls inside the object; `iou_first`/`iou_last`: IoU of the single-mask output at the first /
-last decoder pass.
+last decoder pass (target); `iou_other`: the same at the last pass for the extra objects.
 """
 
 
@@ -268,6 +268,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": OmegaConf.to_container(tcfg.data, resolve=True),
         "data_split": "train",
         "batch_size": batch_size,
+        "extra_objects": int(tcfg.get("extra_objects", 0)),
         "steps": steps,
         "module": module_kwargs,
         "trainer": trainer_kwargs,
