@@ -192,6 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = DataConfig(**OmegaConf.to_container(tcfg.data, resolve=True))
     module_kwargs = OmegaConf.to_container(tcfg.module, resolve=True)
     batch_size = int(tcfg.batch_size)
+    extra_objects = int(tcfg.get("extra_objects", 0))
     if batch_size < 1:
         raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
 
@@ -203,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         data_cfg.num_identities * data_cfg.scenes_per_identity,
         num_params,
         float(tcfg.memory_fraction),
-        extra_objects=int(tcfg.get("extra_objects", 0)),
+        extra_objects=extra_objects,
     )
     log.info(
         "Embedded SAM: %s parameters, estimated peak memory %.2f GiB",
@@ -219,7 +220,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         batch_size,
         int(arch["image_size"]),
         seed=int(cfg.seed),
-        extra_objects=int(tcfg.get("extra_objects", 0)),
+        extra_objects=extra_objects,
     )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = EmbeddedSamModule(arch, seed=int(cfg.seed), **module_kwargs)
@@ -268,7 +269,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": OmegaConf.to_container(tcfg.data, resolve=True),
         "data_split": "train",
         "batch_size": batch_size,
-        "extra_objects": int(tcfg.get("extra_objects", 0)),
+        "extra_objects": extra_objects,
         "steps": steps,
         "module": module_kwargs,
         "trainer": trainer_kwargs,

@@ -564,7 +564,7 @@ def render_scene(
     centre = (float(rng.uniform(r, w - r)), float(rng.uniform(r, h - r)))
     angle = float(rng.uniform(0, 2 * np.pi))
 
-    labels = np.zeros((h, w), np.uint8)
+    labels = np.zeros((h, w), np.uint8) if distractor_labels else None
     for k in range(distractors):
         if pool and rng.random() < 0.35:
             other = pool[int(rng.integers(len(pool)))]
@@ -577,7 +577,7 @@ def render_scene(
         placed = _warp(sprite, d_centre, diameter * rng.uniform(0.5, 1.2), d_angle, (h, w))
         if placed is not None:
             _blend(img, placed, *_colour_jitter(rng))
-            if distractor_labels:  # later objects cover earlier ones
+            if labels is not None:  # later objects cover earlier ones
                 labels[_full_mask(placed, (h, w))] = k + 1
 
     placed = _warp(_cached_sprite(identity), centre, diameter, angle, (h, w))
@@ -603,7 +603,8 @@ def render_scene(
             if int((visible & ~o_mask).sum()) >= min_visible:
                 _blend(img, o_placed, *_colour_jitter(rng))
                 visible &= ~o_mask
-                labels[o_mask] = 0
+                if labels is not None:
+                    labels[o_mask] = 0
                 break
 
     # global photometric effects: illumination ramp, slight blur, sensor noise
@@ -615,7 +616,7 @@ def render_scene(
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 0.9)))
     img += np.float32(rng.uniform(1.0, 4.0)) * rng.standard_normal(img.shape, dtype=np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    if distractor_labels:
+    if labels is not None:
         labels[full] = 0
         return image, visible, labels
     return image, visible
