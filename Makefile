@@ -3,6 +3,8 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 # torch/torchvision pair that segment_anything imports; override for another platform.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The test command (README); .ci/run passes the same one explicitly.
+PYTEST ?= python -m pytest -q -rs
 
 .PHONY: install run test lint bench
 
@@ -19,7 +21,7 @@ run: install
 	$(PY) -m persam.run
 
 test: install
-	$(PY) -m pytest -q -rs
+	$(VENV)/bin/$(PYTEST)
 
 lint: install
 	$(VENV)/bin/ruff check persam tests benchmarks && $(VENV)/bin/ruff format --check persam tests benchmarks
