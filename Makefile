@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: PerSAM, then PerSAM-F, with the defaults (embedded SAM, held-out synthetic split).
 run: install
 	$(PY) -m persam.run
+	$(PY) -m persam.run method=persam_f task_name=persam_f
 
 test: install
 	$(VENV)/bin/$(PYTEST)
