@@ -5,6 +5,7 @@ python -m persam.train train.export_dir=persam/weights    # ... and ship the res
 python -m persam.train trainer.max_steps=5 train.batch_size=2 \
     train.data.num_identities=4 train.data.scenes_per_identity=2   # a quick check
 python -m persam.train logger=wandb                       # W&B (offline) instead of CSV
+python -m persam.train train.init_from=persam/weights/embedded_sam.pth   # continue training
 
 Writes to the run folder: `embedded_sam.pth` (the `Sam` state dict, float32), the record
 `embedded_sam.json` / `embedded_sam.md` (command, seed, data, time, losses, git commit) and the
@@ -41,6 +42,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import persam  # noqa: F401 - registers the ${persam_weights:...} resolver
+from persam.backbone import CheckpointError
 from persam.run import CONFIG_DIR
 from persam.training.memory import (
     TrainingMemoryError,
@@ -141,6 +143,7 @@ synthetic world's **train** identities (the held-out identities evaluated by
 | date (UTC) | {rec["date"]} |
 | machine | {rec["machine"]} |
 | torch | {rec["torch"]} |
+| started from | {rec.get("init_from") or "random initialisation (seed)"} |
 | steps x batch | {rec["steps"]} x {rec["batch_size"]} pairs ({2 * rec["batch_size"]} images, {rec.get("extra_objects", 0)} extra object(s) each) |
 | scene rendering | {rec["render_seconds"]:.0f} s |
 | training | {rec["fit_seconds"]:.0f} s ({rec["steps_per_second"]:.2f} steps/s) |
@@ -178,7 +181,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import TQDMProgressBar
     from torch.utils.data import DataLoader
 
-    from persam.backbone import build_architecture, build_sam
+    from persam.backbone import build_architecture, build_sam, load_checkpoint
     from persam.loggers import build_logger
     from persam.training.data import DataConfig, PairBatches, render_pool
     from persam.training.module import EmbeddedSamModule
@@ -224,6 +227,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = EmbeddedSamModule(arch, seed=int(cfg.seed), **module_kwargs)
+    init_from = tcfg.get("init_from")
+    if init_from:
+        # continue from a SAM state dict of this architecture (e.g. the shipped one)
+        init_from = str(Path(str(init_from)).expanduser().resolve())
+        load_checkpoint(module.sam, init_from, str(cfg.backbone.name))
+        log.info("Starting from the weights of %s", init_from)
 
     logger = build_logger(cfg.get("logger"), None, "train")
     if logger is not None:
@@ -270,6 +279,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data_split": "train",
         "batch_size": batch_size,
         "extra_objects": extra_objects,
+        "init_from": init_from or None,
         "steps": steps,
         "module": module_kwargs,
         "trainer": trainer_kwargs,
@@ -317,7 +327,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     try:
         rec = train(cfg)
-    except TrainingMemoryError as exc:
+    except (TrainingMemoryError, CheckpointError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from exc
     return rec["final_losses"].get("loss")
