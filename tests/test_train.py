@@ -101,6 +101,15 @@ def test_retraining_lowers_the_loss_and_is_deterministic(tmp_path):
     state2 = torch.load(second / "embedded_sam.pth", weights_only=True)
     assert all(torch.equal(state[k], state2[k]) for k in state)
 
+    # continuing from the trained weights starts where the first run ended, not from scratch
+    weights = first / "embedded_sam.pth"
+    third = _train(tmp_path, "c", [f"train.init_from={weights}", "trainer.max_steps=5"])
+    cont = np.array([r["loss"] for r in json.loads((third / "history.json").read_text())])
+    assert cont.mean() < 0.75 * losses[:5].mean(), (cont, losses[:5])
+    rec3 = json.loads((third / "embedded_sam.json").read_text())
+    assert rec3["init_from"] == str(weights.resolve()) and rec3["steps"] == 5
+    assert str(weights.resolve()) in (third / "embedded_sam.md").read_text()
+
 
 @pytest.mark.slow
 def test_a_batch_too_large_for_memory_stops_with_advice(tmp_path):
@@ -111,6 +120,21 @@ def test_a_batch_too_large_for_memory_stops_with_advice(tmp_path):
     )
     assert proc.returncode == 2
     assert "Lower train.batch_size (now 1000000)" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_a_corrupt_init_checkpoint_stops_with_advice(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
+    proc = run_cli(
+        [*QUICK, f"train.init_from={bad}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        module="persam.train",
+    )
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 2, out[-3000:]
+    assert f"Cannot read SAM checkpoint {bad}" in out and "Traceback" not in out
+    assert not (tmp_path / "run" / "embedded_sam.pth").exists()
 
 
 def test_memory_guard_and_out_of_memory_message():
