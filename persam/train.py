@@ -199,7 +199,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if batch_size < 1:
         raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
 
-    num_params = sum(p.numel() for p in build_architecture(**arch).parameters())
+    initial = build_architecture(**arch)
+    num_params = sum(p.numel() for p in initial.parameters())
+    init_from = tcfg.get("init_from")
+    if init_from:
+        # continue from a SAM state dict of this architecture (e.g. the shipped one); read
+        # before the scene rendering so that a bad file fails at once
+        init_from = str(Path(str(init_from)).expanduser().resolve())
+        load_checkpoint(initial, init_from, str(cfg.backbone.name))
     need = check_memory(
         arch,
         batch_size,
@@ -227,12 +234,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = EmbeddedSamModule(arch, seed=int(cfg.seed), **module_kwargs)
-    init_from = tcfg.get("init_from")
     if init_from:
-        # continue from a SAM state dict of this architecture (e.g. the shipped one)
-        init_from = str(Path(str(init_from)).expanduser().resolve())
-        load_checkpoint(module.sam, init_from, str(cfg.backbone.name))
+        module.sam.load_state_dict(initial.state_dict())
         log.info("Starting from the weights of %s", init_from)
+    del initial
 
     logger = build_logger(cfg.get("logger"), None, "train")
     if logger is not None:
