@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam.backbone import CheckpointError
+from persam.backbone import BackboneError, is_random
 from persam.cache import EmbeddingCache
 from persam.encoder import Encoder
 from persam.evaluate import evaluate
@@ -85,11 +85,11 @@ def run(cfg: DictConfig) -> dict:
     try:
         sam = build_backbone(cfg)
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, CheckpointError):
+        if isinstance(exc.__cause__, BackboneError):
             log.error("%s", exc.__cause__)
             raise SystemExit(2) from exc
         raise
-    random_weights = cfg.backbone.get("checkpoint") is None
+    random_weights = is_random(cfg.backbone.get("checkpoint"))
     cache = EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled)
     method = build_method(cfg).bind(sam, Encoder(sam, cache))
     if cfg.method.get("scale_weights") is not None:
@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> dict:
     )
     if random_weights:
         log.warning(
-            "WARNING: backbone '%s' has RANDOM weights (backbone.checkpoint=null): the masks and "
+            "WARNING: backbone '%s' has RANDOM weights (backbone.checkpoint=random): the masks and "
             "metrics above are meaningless as segmentations. Pass a SAM checkpoint, e.g. "
             "backbone=vit_h backbone.checkpoint=/path/to/sam_vit_h_4b8939.pth.",
             cfg.backbone.name,

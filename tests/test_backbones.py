@@ -1,0 +1,252 @@
+"""Backbone families beyond SAM's ViT (issue 17), on random weights (no download).
+
+For each family: with every PerSAM component off, the method's mask is the family's own
+predictor's; each component changes the decoder's output; PerSAM-F fits; the embedding cache keys
+on the backbone. Bad input: another family's checkpoint, a missing optional dependency, an
+unsupported input size.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT
+
+from persam.backbone import (
+    CheckpointError,
+    InputSizeError,
+    MissingDependencyError,
+    build_sam,
+    require,
+)
+from persam.cache import EmbeddingCache
+from persam.encoder import Encoder
+from persam.method import PerSAM, PerSAMF
+
+SMALL_VIT = dict(
+    encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[0]
+)
+
+
+def scene(seed: int, size=(72, 96)) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image (a bright disc on noise) and its PerSeg-style RGB mask (R > 0 inside)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w, 3), np.uint8)
+    cx, cy = int(rng.integers(25, w - 25)), int(rng.integers(25, h - 25))
+    cv2.circle(img, (cx, cy), 16, (250, 200, 40), -1)
+    cv2.circle(mask, (cx, cy), 16, (128, 0, 0), -1)
+    return img, mask
+
+
+# -- the families ----------------------------------------------------------------------------
+
+
+def mobile_sam_model():
+    pytest.importorskip("mobile_sam", reason="pip install 'persam[mobile_sam]'")
+    from persam.mobile_sam import build_mobile_sam
+
+    return build_mobile_sam(checkpoint="random", seed=1, device="cpu")
+
+
+def mobile_sam_own_predictor(sam):
+    """The `mobile_sam` package's own model and predictor, holding `sam`'s weights."""
+    import mobile_sam
+
+    own = mobile_sam.sam_model_registry["vit_t"]()
+    own.load_state_dict(sam.state_dict())
+    return mobile_sam.SamPredictor(own.eval())
+
+
+FAMILIES = {"mobile_sam": (mobile_sam_model, mobile_sam_own_predictor)}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory):
+    build, own = FAMILIES[request.param]
+    sam = build()
+    cache = EmbeddingCache(tmp_path_factory.mktemp(f"cache-{request.param}"))
+    return request.param, sam, Encoder(sam, cache), own
+
+
+def persam(sam, encoder, cls=PerSAM, **switches):
+    off = dict(negative_point=False, guided_attention=False, semantic_prompt=False, refine_steps=0)
+    return cls(**{**off, **switches}).bind(sam, encoder)
+
+
+def test_components_off_equal_the_backbones_own_predictor(family):
+    _, sam, encoder, own = family
+    ref, ref_mask = scene(0)
+    image, _ = scene(1)
+    method = persam(sam, encoder)
+    pred = method.segment(image, method.learn(ref, ref_mask))
+
+    predictor = own(sam)
+    predictor.set_image(image)
+    masks, _, low = predictor.predict(
+        point_coords=pred.coords, point_labels=pred.labels, multimask_output=False
+    )
+    np.testing.assert_allclose(pred.first_logits, low[0:1], atol=1e-4)
+    assert np.array_equal(pred.mask, masks[0])
+
+
+def test_each_component_changes_the_output(family):
+    _, sam, encoder, _ = family
+    ref, ref_mask = scene(0)
+    image, _ = scene(1)
+    base = persam(sam, encoder)
+    target = base.learn(ref, ref_mask)
+    plain = base.segment(image, target)
+    for switch in ("guided_attention", "semantic_prompt", "negative_point"):
+        pred = persam(sam, encoder, **{switch: True}).segment(image, target)
+        assert not np.allclose(pred.first_logits, plain.first_logits, atol=1e-5), switch
+    refined = persam(sam, encoder, refine_steps=2).segment(image, target)
+    assert len(refined.steps) == 2 and len(plain.steps) == 0
+    assert np.array_equal(refined.first_mask, plain.first_mask)
+
+
+def test_persam_f_fits(family):
+    _, sam, encoder, _ = family
+    ref, ref_mask = scene(0)
+    image, _ = scene(1)
+    method = PerSAMF(scale_weights=dict(steps=30, lr=1e-2, fused="eager")).bind(sam, encoder)
+    target = method.learn(ref, ref_mask)
+    losses = target.fit.losses
+    assert len(losses) == 30 and np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert np.isclose(target.mask_weights.sum(), 1.0, atol=1e-5)
+    pred = method.segment(image, target)
+    assert pred.mask.shape == image.shape[:2] and len(pred.steps) == 2
+
+
+def test_embedding_cache_keys_on_the_backbone(family, tmp_path):
+    name, sam, _, _ = family
+    image, _ = scene(2)
+    cache = EmbeddingCache(tmp_path)
+    ours = Encoder(sam, cache)
+    vit = build_sam(name="tiny", checkpoint="random", device="cpu", **SMALL_VIT)
+    other = Encoder(vit, cache)
+    a = ours(image)
+    b = other(image)
+    assert cache.stats.misses == 2 and cache.stats.hits == 0
+    assert a.features.shape != b.features.shape or not torch.equal(a.features, b.features)
+    again = ours(image)
+    assert cache.stats.hits == 1 and torch.equal(again.features, a.features), name
+
+
+# -- MobileSAM specifics ---------------------------------------------------------------------
+
+
+def test_mobile_sam_keeps_timms_registry():
+    """Importing `mobile_sam` itself replaces timm's tiny_vit_* models; persam's import does
+    not. Run in fresh interpreters, since the package is imported once per process."""
+    pytest.importorskip("mobile_sam")
+    probe = (
+        "import timm.models._registry as r;{imp};"
+        "print(r._model_entrypoints['tiny_vit_5m_224'].__module__)"
+    )
+
+    def entry(imp: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe.format(imp=imp)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    assert entry("import mobile_sam.modeling.tiny_vit_sam") != "timm.models.tiny_vit"
+    assert (
+        entry("from persam.mobile_sam import tiny_vit_class; tiny_vit_class()")
+        == "timm.models.tiny_vit"
+    )
+
+
+def test_mobile_sam_refuses_other_input_sizes():
+    pytest.importorskip("mobile_sam")
+    from persam.mobile_sam import build_mobile_sam
+
+    with pytest.raises(InputSizeError, match=r"backbone.image_size=512.*backbone.image_size=1024"):
+        build_mobile_sam(checkpoint="random", image_size=512, device="cpu")
+
+
+def test_mobile_sam_refuses_a_vit_checkpoint(tmp_path):
+    pytest.importorskip("mobile_sam")
+    from persam.mobile_sam import build_mobile_sam
+
+    path = tmp_path / "sam_vit_tiny.pth"
+    vit = build_sam(name="tiny", checkpoint="random", device="cpu", **SMALL_VIT)
+    torch.save(vit.state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        build_mobile_sam(checkpoint=str(path), device="cpu")
+    msg = str(err.value)
+    assert "sam_vit_tiny.pth" in msg and "SAM ViT" in msg and "backbone=mobile_sam" in msg
+    assert "mobile_sam.pt" in msg and "backbone.checkpoint=" in msg
+
+
+def test_missing_mobile_sam_checkpoint_says_where_to_download(tmp_path):
+    pytest.importorskip("mobile_sam")
+    from persam.mobile_sam import build_mobile_sam
+
+    with pytest.raises(CheckpointError) as err:
+        build_mobile_sam(checkpoint=str(tmp_path / "mobile_sam.pt"), device="cpu")
+    msg = str(err.value)
+    assert "https://github.com/ChaoningZhang/MobileSAM" in msg
+    assert "backbone.checkpoint=/path/to/mobile_sam.pt" in msg and "checkpoint=random" in msg
+
+
+def test_missing_mobile_sam_package_names_the_extra(monkeypatch):
+    from persam.mobile_sam import build_mobile_sam
+
+    # An entry of None in sys.modules makes `import` fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "mobile_sam.modeling.tiny_vit_sam", None)
+    with pytest.raises(MissingDependencyError, match=r"backbone=mobile_sam.*persam\[mobile_sam\]"):
+        build_mobile_sam(checkpoint="random", device="cpu")
+
+
+def test_missing_dependency_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r"pip install 'persam\[sam2\]'"):
+        require("persam_no_such_module", "sam2", "sam2_hiera_t")
+
+
+# -- end to end: the acceptance command --------------------------------------------------------
+
+E2E = {"mobile_sam": "mobile_sam"}  # backbone config -> the module its extra provides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", list(E2E))
+@pytest.mark.parametrize("method", ["persam", "persam_f"])
+def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_path):
+    pytest.importorskip(E2E[backbone])
+    import json
+
+    from helpers import run_cli, write_object
+
+    write_object(tmp_path / "PerSeg", "thing", n=2)
+    out = tmp_path / "out"
+    args = [
+        f"backbone={backbone}",
+        "backbone.checkpoint=random",
+        "data=perseg",
+        f"data.root={tmp_path / 'PerSeg'}",
+        "logger=none",
+        f"hydra.run.dir={out}",
+        f"method={method}",
+    ]
+    if method == "persam_f":
+        args += ["method.scale_weights.steps=20", "method.scale_weights.fused=eager"]
+    proc = run_cli(args, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == backbone and metrics["random_weights"] is True
+    assert metrics["n_failed"] == 0
+    assert list((out / "masks" / "thing").glob("*.png")), "no mask written"
+    assert "RANDOM weights" in log
