@@ -84,7 +84,7 @@ def _scene_pairs():
         rng = np.random.default_rng([SPLITS["heldout"], 1, i, 4242])
         ref = render_scene(ident, rng, distractor_pool=identities)
         test = render_scene(ident, rng, distractor_pool=identities)
-        yield ref, test
+        yield (ref.image, ref.mask), (test.image, test.mask)
 
 
 def test_persam_segments_fresh_heldout_scenes(embedded_sam):
