@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 import persam
 from persam.backbone import CheckpointError
+from persam.conf import CONFIG_DIR
 from persam.data.synthetic import SPLITS, render_scene, split_identities
 from persam.encoder import Encoder
 from persam.method import PerSAM
-from persam.run import CONFIG_DIR
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "embedded_sam.pth"
