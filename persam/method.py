@@ -232,10 +232,11 @@ class PerSAMF(PerSAM):
         predictor = self.encoder.set_image(image)
         coords, labels, attn_sim = self._locate(predictor, target, self.negative_point)
         high, low = self._multiscale(predictor, target, attn_sim, coords, labels)
-        weights = target.mask_weights
-        mixed_high = (torch.as_tensor(high) * torch.as_tensor(weights)[:, None, None]).sum(0)
+        from persam.scale_weights import mix_masks
+
+        mixed_high = mix_masks(torch.as_tensor(high), target.mask_weights)
         mask = (mixed_high > self.sam.mask_threshold).numpy()
-        mixed_low = (low * weights[:, None, None]).sum(0)[None]
+        mixed_low = mix_masks(low, target.mask_weights)[None]
         refined = cascaded_refinement(
             predictor, coords, labels, mask, mixed_low, steps=self.refine_steps, box_on_first=True
         )

@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from persam.files import atomic_write
+
 OBJECT_COLUMNS = ["object", "status", "iou", "biou", "acc", "n_images", "error"]
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -66,9 +54,7 @@ def write_overlay(path: Path, image: np.ndarray, mask, coords, labels) -> None:
 
 def write_metrics(run_dir: Path, summary: dict) -> None:
     """`metrics.json` (the whole summary) and `metrics.csv` (one row per object)."""
-    _atomic_write(
-        run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float)
-    )
+    atomic_write(run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float))
     extra = sorted(
         {
             k
@@ -88,4 +74,4 @@ def write_metrics(run_dir: Path, summary: dict) -> None:
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
             )
 
-    _atomic_write(run_dir / "metrics.csv", rows)
+    atomic_write(run_dir / "metrics.csv", rows)

@@ -26,13 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from persam.backbone import BackboneError, is_random
 from persam.cache import EmbeddingCache
+from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
 from persam.evaluate import evaluate
 from persam.loggers import RunLogger, build_logger
 
 log = logging.getLogger("persam.run")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # The backbone of the previous job, reused by the next one when its config is the same
 # (jobs of a sweep run one after another in one process with Hydra's basic launcher).

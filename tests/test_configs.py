@@ -8,9 +8,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
+from persam.conf import CONFIG_DIR
 from persam.method import PerSAM, PerSAMF
-from persam.run import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 
@@ -33,11 +35,87 @@ def test_groups_mirror_the_code():
     assert {"wandb", "csv", "none"} <= set(_options("logger"))
 
 
-@pytest.mark.parametrize("backbone", _options("backbone"))
+BACKBONES = [b for b in _options("backbone") if b != "base"]
+
+# What every architecture shares: segment_anything's `_build_sam` (build_sam.py).
+SAM_COMMON = dict(
+    _target_="persam.backbone.build_sam",
+    seed=0,
+    device="auto",
+    window_size=14,
+    image_size=1024,
+    vit_patch_size=16,
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
+
+
+def _encoder(dim, depth, heads, global_attn):
+    return dict(
+        encoder_embed_dim=dim,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        encoder_global_attn_indexes=global_attn,
+    )
+
+
+# The composed backbone configs, field by field: the official numbers are those of
+# segment_anything's build_sam_vit_h / _l / _b; tiny is ../shared/golden/tiny_sam.json; embedded
+# is the architecture the shipped persam/weights/embedded_sam.pth was trained with.
+EXPECTED_BACKBONES = {
+    "vit_h": SAM_COMMON
+    | _encoder(1280, 32, 16, [7, 15, 23, 31])
+    | dict(name="vit_h", checkpoint="${paths.checkpoint_dir}/sam_vit_h_4b8939.pth"),
+    "vit_l": SAM_COMMON
+    | _encoder(1024, 24, 16, [5, 11, 17, 23])
+    | dict(name="vit_l", checkpoint="${paths.checkpoint_dir}/sam_vit_l_0b3195.pth"),
+    "vit_b": SAM_COMMON
+    | _encoder(768, 12, 12, [2, 5, 8, 11])
+    | dict(name="vit_b", checkpoint="${paths.checkpoint_dir}/sam_vit_b_01ec64.pth"),
+    "tiny": SAM_COMMON | _encoder(96, 2, 2, [1]) | dict(name="tiny", checkpoint=None),
+    "embedded": SAM_COMMON
+    | _encoder(128, 4, 4, [1, 3])
+    | dict(
+        name="embedded",
+        checkpoint="${persam_weights:embedded_sam.pth}",
+        window_size=8,
+        image_size=256,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
+}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_compose_backbones(backbone):
     cfg = _compose([f"backbone={backbone}"])
-    assert cfg.backbone.name == backbone
-    assert cfg.backbone._target_ == "persam.backbone.build_sam"
+    assert OmegaConf.to_container(cfg.backbone) == EXPECTED_BACKBONES[backbone]
+    # SAM's field order (the base's), whatever each file overrides
+    assert list(cfg.backbone) == list(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+
+
+def test_backbone_files_state_only_what_differs_from_the_base():
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    for name in BACKBONES:
+        own = OmegaConf.load(CONF / "backbone" / f"{name}.yaml")
+        assert list(own.defaults) == ["base", "_self_"], name
+        fields = OmegaConf.to_container(own, resolve=False)
+        same = [k for k, v in fields.items() if k in base and v == base[k]]
+        assert not same, f"{name}.yaml repeats the base's {same}"
+
+
+def test_the_base_is_not_a_backbone():
+    cfg = _compose(["backbone=base"])
+    with pytest.raises(MissingMandatoryValue, match="name"):
+        instantiate(cfg.backbone)
 
 
 @pytest.mark.parametrize("method", _options("method"))

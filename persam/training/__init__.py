@@ -4,7 +4,8 @@
   scene pairs (two scenes of the same identity) in SAM's input frame.
 * :mod:`persam.training.prompts` — SAM-style prompt sampling from the ground truth: points,
   jittered boxes, error-region correction points, previous-prediction mask prompts.
-* :mod:`persam.training.losses` — focal + dice mask losses, IoU-head regression, and the
-  identity-matching loss on the encoder features that PerSAM's location prior relies on.
+* :mod:`persam.training.identity` — the identity-matching loss on the encoder features that
+  PerSAM's location prior relies on (the mask losses are :mod:`persam.losses`, shared with
+  PerSAM-F; the decoder guidance is PerSAM's own :mod:`persam.decoder`).
 * :mod:`persam.training.module` — the Lightning module that trains a `Sam` with all of them.
 """
