@@ -73,19 +73,19 @@ def build_mobile_sam(
     checkpoint: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    encoder_embed_dim: tuple[int, ...] = (64, 128, 160, 320),
+    encoder_depth: tuple[int, ...] = (2, 2, 6, 2),
+    encoder_num_heads: tuple[int, ...] = (2, 4, 5, 10),
+    encoder_global_attn_indexes: tuple[int, ...] = (),
+    window_size: tuple[int, ...] = (7, 7, 14, 7),
     image_size: int = IMAGE_SIZE,
-    embed_dims: tuple[int, ...] = (64, 128, 160, 320),
-    depths: tuple[int, ...] = (2, 2, 6, 2),
-    num_heads: tuple[int, ...] = (2, 4, 5, 10),
-    window_sizes: tuple[int, ...] = (7, 7, 14, 7),
-    mlp_ratio: float = 4.0,
-    mbconv_expand_ratio: float = 4.0,
-    local_conv_size: int = 3,
+    vit_patch_size: int = IMAGE_SIZE // GRID,
     **decoder,
 ) -> Sam:
     """A frozen MobileSAM `Sam` (TinyViT encoder -> 1 x 256 x 64 x 64, SAM's decoder).
 
-    `decoder`: the fields of `persam.backbone.prompt_and_mask_decoder` (prompt_embed_dim, ...).
+    The encoder fields are the base config's, one entry per TinyViT stage (embed dims, depths,
+    heads, window sizes); `decoder`: the fields of `persam.backbone.prompt_and_mask_decoder`.
     """
     if image_size != IMAGE_SIZE:
         raise InputSizeError(
@@ -93,11 +93,28 @@ def build_mobile_sam(
             f"input only (its neck reshapes to a {GRID} x {GRID} grid). Set "
             f"backbone.image_size={IMAGE_SIZE}."
         )
-    if embed_dims[-1] != 320:
-        # TinyViT's last patch merging keeps the resolution only for these widths.
+    if vit_patch_size != IMAGE_SIZE // GRID:
         raise InputSizeError(
-            f"backbone.embed_dims={list(embed_dims)}: MobileSAM's TinyViT reaches the {GRID} x "
-            f"{GRID} grid only with a last stage of width 320."
+            f"backbone.vit_patch_size={vit_patch_size}: MobileSAM's grid cell is "
+            f"{IMAGE_SIZE // GRID} px ({IMAGE_SIZE} px input, {GRID} x {GRID} grid)."
+        )
+    stages = (encoder_embed_dim, encoder_depth, encoder_num_heads, window_size)
+    if any(isinstance(v, int) for v in stages) or len({len(v) for v in stages}) != 1:
+        raise ValueError(
+            "backbone.encoder_embed_dim, encoder_depth, encoder_num_heads and window_size are "
+            f"per TinyViT stage for backbone={name}: lists of one length, got {list(stages)}."
+        )
+    if list(encoder_global_attn_indexes):
+        raise ValueError(
+            f"backbone.encoder_global_attn_indexes={list(encoder_global_attn_indexes)}: TinyViT "
+            "has no global-attention blocks; leave it []."
+        )
+    if encoder_embed_dim[-1] != 320 or decoder.get("prompt_embed_dim", 256) != 256:
+        # TinyViT's last patch merging keeps the 64 x 64 resolution only for width 320, and
+        # its neck writes 256 channels.
+        raise ValueError(
+            f"backbone={name}: TinyViT needs a last stage of width 320 (got "
+            f"{encoder_embed_dim[-1]}) and prompt_embed_dim 256."
         )
     if not is_random(checkpoint):
         check_checkpoint_path(checkpoint, name)
@@ -109,16 +126,16 @@ def build_mobile_sam(
                 img_size=image_size,
                 in_chans=3,
                 num_classes=1000,
-                embed_dims=list(embed_dims),
-                depths=list(depths),
-                num_heads=list(num_heads),
-                window_sizes=list(window_sizes),
-                mlp_ratio=mlp_ratio,
+                embed_dims=list(encoder_embed_dim),
+                depths=list(encoder_depth),
+                num_heads=list(encoder_num_heads),
+                window_sizes=list(window_size),
+                mlp_ratio=4.0,
                 drop_rate=0.0,
                 drop_path_rate=0.0,
                 use_checkpoint=False,
-                mbconv_expand_ratio=mbconv_expand_ratio,
-                local_conv_size=local_conv_size,
+                mbconv_expand_ratio=4.0,
+                local_conv_size=3,
                 layer_lr_decay=0.8,
             ),
             **prompt_and_mask_decoder(image_size=image_size, grid=GRID, **decoder),

@@ -48,11 +48,22 @@ def scene(seed: int, size=(72, 96)) -> tuple[np.ndarray, np.ndarray]:
 # -- the families ----------------------------------------------------------------------------
 
 
-def mobile_sam_model():
-    pytest.importorskip("mobile_sam", reason="pip install 'persam[mobile_sam]'")
-    from persam.mobile_sam import build_mobile_sam
+def compose_backbone(*overrides: str):
+    from hydra import compose, initialize_config_dir
 
-    return build_mobile_sam(checkpoint="random", seed=1, device="cpu")
+    from persam.conf import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides)).backbone
+
+
+def mobile_sam_model():
+    """`backbone=mobile_sam backbone.checkpoint=random`, built from the config."""
+    pytest.importorskip("mobile_sam", reason="pip install 'persam[mobile_sam]'")
+    from hydra.utils import instantiate
+
+    cfg = compose_backbone("backbone=mobile_sam", "backbone.checkpoint=random")
+    return instantiate(cfg, seed=1, device="cpu")
 
 
 def mobile_sam_own_predictor(sam):
@@ -250,3 +261,16 @@ def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_
     assert metrics["n_failed"] == 0
     assert list((out / "masks" / "thing").glob("*.png")), "no mask written"
     assert "RANDOM weights" in log
+
+
+# -- backbone.checkpoint=random for SAM's own architectures ----------------------------------
+
+
+def test_random_checkpoint_builds_vit_b_with_a_warning(caplog):
+    from hydra.utils import instantiate
+
+    cfg = compose_backbone("backbone=vit_b", "backbone.checkpoint=random")
+    with caplog.at_level("WARNING", logger="persam.backbone"):
+        sam = instantiate(cfg, device="cpu")
+    assert len(sam.image_encoder.blocks) == 12 and not sam.training
+    assert "RANDOM weights" in caplog.text and "meaningless" in caplog.text

@@ -91,6 +91,18 @@ EXPECTED_BACKBONES = {
         decoder_num_heads=4,
         iou_head_hidden_dim=128,
     ),
+    # MobileSAM's build_sam_vit_t: TinyViT-5M, per stage; SAM's decoder.
+    "mobile_sam": SAM_COMMON
+    | dict(
+        _target_="persam.mobile_sam.build_mobile_sam",
+        name="mobile_sam",
+        checkpoint="${paths.checkpoint_dir}/mobile_sam.pt",
+        encoder_embed_dim=[64, 128, 160, 320],
+        encoder_depth=[2, 2, 6, 2],
+        encoder_num_heads=[2, 4, 5, 10],
+        encoder_global_attn_indexes=[],
+        window_size=[7, 7, 14, 7],
+    ),
 }
 
 
