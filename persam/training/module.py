@@ -22,6 +22,7 @@ Per batch (2B images, B identities x 2 scenes):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from persam.backbone import build_architecture
+from persam.backbone import build_architecture, load_checkpoint
 from persam.decoder import personalize
 from persam.guided_attention import attention_map
 from persam.losses import dice_loss, focal_loss, mask_iou
@@ -85,7 +86,8 @@ def decode(
 
 
 class EmbeddedSamModule(L.LightningModule):
-    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`).
+    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`), from random
+    weights (torch's global seed) or from the state dict `init_from`.
 
     Only `self.sam`'s state dict is shipped; the identity loss's `logit_scale`/`logit_bias`
     are training-only parameters.
@@ -112,10 +114,17 @@ class EmbeddedSamModule(L.LightningModule):
         nce_temperature: float = 0.1,
         loss_size: int = 128,
         extra_weight: float = 1.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.sam = build_architecture(**architecture)
+        #: the SAM state dict training continued from (resolved path), or None (random init)
+        self.init_from = None
+        if init_from:
+            # e.g. the shipped weights; read at once, so that a bad file fails before rendering
+            self.init_from = str(Path(str(init_from)).expanduser().resolve())
+            load_checkpoint(self.sam, self.init_from)
         self.patch = int(architecture.get("vit_patch_size", 16))
         self.decoder_handle = personalize(self.sam)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
