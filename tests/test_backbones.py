@@ -88,7 +88,7 @@ def family(request, tmp_path_factory):
 
 def persam(sam, encoder, cls=PerSAM, **switches):
     off = dict(negative_point=False, guided_attention=False, semantic_prompt=False, refine_steps=0)
-    return cls(**{**off, **switches}).bind(sam, encoder)
+    return cls(sam, encoder, **{**off, **switches})
 
 
 def test_components_off_equal_the_backbones_own_predictor(family):
@@ -126,7 +126,7 @@ def test_persam_f_fits(family):
     _, sam, encoder, _ = family
     ref, ref_mask = scene(0)
     image, _ = scene(1)
-    method = PerSAMF(scale_weights=dict(steps=30, lr=1e-2, fused="eager")).bind(sam, encoder)
+    method = PerSAMF(sam, encoder, scale_weights=dict(steps=30, lr=1e-2, fused="eager"))
     target = method.learn(ref, ref_mask)
     losses = target.fit.losses
     assert len(losses) == 30 and np.isfinite(losses).all() and losses[-1] < losses[0]
