@@ -10,6 +10,7 @@ and `finish` from here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +30,8 @@ OFFICIAL_CHECKPOINTS = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
     "mobile_sam": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+    # Hugging Face's SamModel reads segment_anything's checkpoints (config: vit_b's sizes).
+    "hf_sam": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 
 # `backbone.checkpoint=random`: random weights from `seed` (timing and tests only).
@@ -201,8 +204,18 @@ def check_checkpoint_path(checkpoint: str | Path, name: str = "") -> Path:
     return path
 
 
-def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
-    """Load a SAM-layout state dict into `sam`, with errors that say what to do."""
+def load_checkpoint(
+    sam: torch.nn.Module,
+    checkpoint: str | Path,
+    name: str = "",
+    rename: Callable[[dict], dict] | None = None,
+    accepts: tuple[str, ...] = (),
+) -> None:
+    """Load a state dict into `sam`, with errors that say what to do.
+
+    `rename` maps the file's parameter names to `sam`'s (a backbone that reads another layout);
+    `accepts`: the checkpoint families (`checkpoint_family`) it reads besides its own.
+    """
     path = check_checkpoint_path(checkpoint, name)
     hint = _hint(name)
     try:
@@ -218,14 +231,14 @@ def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
         raise CheckpointError(
             f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict."
         )
+    family = checkpoint_family(state)
+    mine = checkpoint_family(sam.state_dict())
     try:
-        sam.load_state_dict(state, strict=True)
+        sam.load_state_dict(rename(state) if rename else state, strict=True)
     except RuntimeError as exc:
         lines = str(exc).splitlines()
         detail = "; ".join(line.strip() for line in lines[1:4]) or lines[0]
-        family = checkpoint_family(state)
-        mine = checkpoint_family(sam.state_dict())
-        if family is not None and family != mine:
+        if family is not None and family != mine and family not in accepts:
             raise CheckpointError(
                 f"SAM checkpoint {path} is a {family} checkpoint, not one of backbone '{name}' "
                 f"({mine}). Choose the matching backbone, or pass backbone '{name}''s own "
@@ -233,8 +246,8 @@ def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
             ) from exc
         raise CheckpointError(
             f"SAM checkpoint {path} does not fit backbone '{name}': {detail} ... Choose the matching "
-            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam) or set the backbone.* "
-            f"architecture fields to the checkpoint's architecture."
+            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam) or set the "
+            f"backbone.* architecture fields to the checkpoint's architecture."
         ) from exc
 
 
@@ -254,11 +267,19 @@ def build_sam(
     return finish(sam, name, checkpoint, device)
 
 
-def finish(model: torch.nn.Module, name: str, checkpoint, device: str = "auto"):
-    """Load `checkpoint` into `model` (or warn that its weights are random), freeze it, put it
-    in eval mode on `device`. Shared by every backbone family."""
+def finish(
+    model: torch.nn.Module,
+    name: str,
+    checkpoint,
+    device: str = "auto",
+    target: torch.nn.Module | None = None,
+    **loading,
+):
+    """Load `checkpoint` into `target` (default `model`; `loading`: `load_checkpoint`'s rename
+    and accepts), or warn that the weights are random; freeze `model`, put it in eval mode on
+    `device`. Shared by every backbone family."""
     if not is_random(checkpoint):
-        load_checkpoint(model, checkpoint, name)
+        load_checkpoint(model if target is None else target, checkpoint, name, **loading)
     else:
         log.warning(
             "Backbone '%s' has RANDOM weights (backbone.checkpoint=random): masks and metrics are "

@@ -75,7 +75,56 @@ def mobile_sam_own_predictor(sam):
     return mobile_sam.SamPredictor(own.eval())
 
 
-FAMILIES = {"mobile_sam": (mobile_sam_model, mobile_sam_own_predictor)}
+def hf_sam_model():
+    """`backbone=hf_sam backbone.checkpoint=random` with a small ViT (SAM's decoder)."""
+    pytest.importorskip("transformers", reason="pip install 'persam[hf_sam]'")
+    from hydra.utils import instantiate
+
+    small = [f"backbone.{k}={v}" for k, v in SMALL_VIT.items()]
+    cfg = compose_backbone("backbone=hf_sam", "backbone.checkpoint=random", *small)
+    return instantiate(cfg, seed=1, device="cpu")
+
+
+class HFOwnPredictor:
+    """Hugging Face's own pipeline: `SamProcessor` (resize, normalise, pad, point scaling,
+    mask post-processing) and `SamModel.forward`, with SamPredictor's call."""
+
+    def __init__(self, sam) -> None:
+        import transformers
+
+        self.model = sam.hf_model
+        self.processor = transformers.SamProcessor(image_processor=transformers.SamImageProcessor())
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.image = image
+        inputs = self.processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            self.embedding = self.model.get_image_embeddings(inputs["pixel_values"])
+
+    def predict(self, point_coords, point_labels, multimask_output):
+        inputs = self.processor(
+            images=self.image,
+            input_points=[[point_coords.tolist()]],
+            input_labels=[[point_labels.tolist()]],
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            out = self.model(
+                image_embeddings=self.embedding,
+                input_points=inputs["input_points"],
+                input_labels=inputs["input_labels"],
+                multimask_output=multimask_output,
+            )
+        masks = self.processor.image_processor.post_process_masks(
+            out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
+        return masks[0][0].numpy(), out.iou_scores[0, 0].numpy(), out.pred_masks[0, 0].numpy()
+
+
+FAMILIES = {
+    "mobile_sam": (mobile_sam_model, mobile_sam_own_predictor),
+    "hf_sam": (hf_sam_model, HFOwnPredictor),
+}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -226,16 +275,105 @@ def test_missing_dependency_names_the_extra():
         require("persam_no_such_module", "sam2", "sam2_hiera_t")
 
 
+# -- Hugging Face SamModel specifics ---------------------------------------------------------
+
+
+def _sa_checkpoint(tmp_path, seed=3):
+    sam = build_sam(name="tiny", checkpoint="random", seed=seed, device="cpu", **SMALL_VIT)
+    path = tmp_path / "sam_small.pth"
+    torch.save(sam.state_dict(), path)
+    return sam, path
+
+
+def test_hf_sam_reads_segment_anything_checkpoints_and_guides_like_it(tmp_path):
+    """Through the key map, HF's SamModel is segment_anything's Sam: same features, and the same
+    PerSAM output with every component on (official guided attention and semantic prompt)."""
+    pytest.importorskip("transformers")
+    from persam.hf_sam import build_hf_sam
+
+    sa, path = _sa_checkpoint(tmp_path)
+    hf = build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)
+    ref, ref_mask = scene(0)
+    image, _ = scene(1)
+    preds = []
+    for sam in (sa, hf):
+        method = PerSAM(sam, Encoder(sam), refine_steps=0)
+        preds.append(method.segment(image, method.learn(ref, ref_mask)))
+    a, b = preds
+    assert np.array_equal(a.coords, b.coords)
+    np.testing.assert_allclose(a.first_logits, b.first_logits, atol=1e-3)
+    assert (a.first_mask == b.first_mask).mean() > 0.999
+
+
+def test_hf_builtin_attention_similarity_is_not_persams_form(tmp_path):
+    """HF's `attention_similarity` is a bias before the softmax; PerSAM's guided attention adds
+    the similarity to the probabilities: the two give different decoder outputs."""
+    pytest.importorskip("transformers")
+    from segment_anything import SamPredictor
+
+    from persam.decoder import personalize
+    from persam.guided_attention import attention_map
+    from persam.hf_sam import build_hf_sam
+
+    _, path = _sa_checkpoint(tmp_path)
+    hf = build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)
+    predictor = SamPredictor(hf)
+    predictor.set_image(scene(1)[0])
+    sim = torch.linspace(-1, 1, 72 * 96).reshape(72, 96)
+    guidance = attention_map(sim, tuple(predictor.features.shape[-2:]))
+    point = dict(point_coords=np.array([[40, 30]]), point_labels=np.array([1]))
+    with personalize(hf).guide(attn_sim=guidance):
+        _, _, ours = predictor.predict(multimask_output=False, **point)
+    _, _, plain = predictor.predict(multimask_output=False, **point)
+    coords = torch.as_tensor(predictor.transform.apply_coords(point["point_coords"], (72, 96)))
+    with torch.no_grad():
+        builtin = hf.hf_model(
+            image_embeddings=predictor.features,
+            input_points=coords[None, None].float(),
+            input_labels=torch.ones(1, 1, 1, dtype=torch.int),
+            multimask_output=False,
+            attention_similarity=guidance,
+        ).pred_masks[0, 0]
+    assert not np.allclose(ours, plain, atol=1e-4)
+    assert not np.allclose(builtin.numpy(), plain, atol=1e-4)
+    assert not np.allclose(builtin.numpy(), ours, atol=1e-4)
+
+
+def test_hf_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    from persam.hf_sam import build_hf_sam
+
+    path = tmp_path / "mobile_sam.pt"
+    torch.save({"image_encoder.layers.0.blocks.0.conv1.c.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError) as err:
+        build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)
+    msg = str(err.value)
+    assert "mobile_sam.pt" in msg and "TinyViT" in msg and "backbone=mobile_sam" in msg
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    from persam.hf_sam import build_hf_sam
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(MissingDependencyError, match=r"backbone=hf_sam.*persam\[hf_sam\]"):
+        build_hf_sam(checkpoint="random", device="cpu", **SMALL_VIT)
+
+
 # -- end to end: the acceptance command --------------------------------------------------------
 
-E2E = {"mobile_sam": "mobile_sam"}  # backbone config -> the module its extra provides
+# backbone config -> (the module its extra provides, overrides that keep the test fast)
+E2E = {
+    "mobile_sam": ("mobile_sam", []),
+    "hf_sam": ("transformers", [f"backbone.{k}={v}" for k, v in SMALL_VIT.items()]),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(E2E))
 @pytest.mark.parametrize("method", ["persam", "persam_f"])
 def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_path):
-    pytest.importorskip(E2E[backbone])
+    module, overrides = E2E[backbone]
+    pytest.importorskip(module)
     import json
 
     from helpers import run_cli, write_object
@@ -250,6 +388,7 @@ def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_
         "logger=none",
         f"hydra.run.dir={out}",
         f"method={method}",
+        *overrides,
     ]
     if method == "persam_f":
         args += ["method.scale_weights.steps=20", "method.scale_weights.fused=eager"]

@@ -103,6 +103,14 @@ EXPECTED_BACKBONES = {
         encoder_global_attn_indexes=[],
         window_size=[7, 7, 14, 7],
     ),
+    # transformers' SamModel, vit_b's sizes, read from segment_anything's vit_b checkpoint.
+    "hf_sam": SAM_COMMON
+    | _encoder(768, 12, 12, [2, 5, 8, 11])
+    | dict(
+        _target_="persam.hf_sam.build_hf_sam",
+        name="hf_sam",
+        checkpoint="${paths.checkpoint_dir}/sam_vit_b_01ec64.pth",
+    ),
 }
 
 
