@@ -4,7 +4,7 @@ PY    := $(VENV)/bin/python
 # torch/torchvision pair that segment_anything imports; override for another platform.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 # Backbone extras installed with the project (quick, pure-Python installs from PyPI).
-EXTRAS ?= mobile_sam,hf_sam
+EXTRAS ?= mobile_sam,hf_sam,efficientvit_sam
 # The test command (README); .ci/run passes the same one explicitly.
 PYTEST ?= python -m pytest -q -rs
 

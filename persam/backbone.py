@@ -32,6 +32,11 @@ OFFICIAL_CHECKPOINTS = {
     "mobile_sam": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
     # Hugging Face's SamModel reads segment_anything's checkpoints (config: vit_b's sizes).
     "hf_sam": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    **{
+        f"efficientvit_sam_{v}": "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/"
+        f"main/efficientvit_sam_{v}.pt"
+        for v in ("l0", "l1", "l2", "xl0", "xl1")
+    },
 }
 
 # `backbone.checkpoint=random`: random weights from `seed` (timing and tests only).
@@ -41,6 +46,7 @@ RANDOM = "random"
 _FAMILY_KEYS = {
     "image_encoder.blocks.0.": "SAM ViT (backbone=vit_b|vit_l|vit_h|tiny|embedded)",
     "image_encoder.layers.0.": "MobileSAM's TinyViT (backbone=mobile_sam)",
+    "image_encoder.backbone.": "EfficientViT-SAM (backbone=efficientvit_sam_<size>)",
     "image_encoder.trunk.": "SAM 2's Hiera (backbone=sam2_<size>)",
     "vision_encoder.": "Hugging Face SamModel (backbone=hf_sam)",
 }
@@ -246,7 +252,7 @@ def load_checkpoint(
             ) from exc
         raise CheckpointError(
             f"SAM checkpoint {path} does not fit backbone '{name}': {detail} ... Choose the matching "
-            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam) or set the "
+            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam|efficientvit_sam_<size>) or set the "
             f"backbone.* architecture fields to the checkpoint's architecture."
         ) from exc
 

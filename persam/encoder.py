@@ -30,7 +30,8 @@ class Encoder:
 
     def __init__(self, sam: Sam, cache: EmbeddingCache | None = None) -> None:
         self.sam = sam
-        self.predictor = SamPredictor(sam)
+        # A backbone whose encoder reads the image differently names its predictor subclass.
+        self.predictor = getattr(sam, "predictor_class", SamPredictor)(sam)
         self.cache = cache
         self._fingerprint: str | None = None
 
@@ -44,7 +45,10 @@ class Encoder:
         sam = self.sam
         mean = sam.pixel_mean.flatten().tolist()
         std = sam.pixel_std.flatten().tolist()
-        return f"size={sam.image_encoder.img_size}|mean={mean}|std={std}|format={sam.image_format}"
+        key = f"size={sam.image_encoder.img_size}|mean={mean}|std={std}|format={sam.image_format}"
+        if getattr(sam, "encoder_input_size", None) is not None:
+            key += f"|encoder_input={sam.encoder_input_size}"
+        return key
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Embedding:

@@ -121,8 +121,33 @@ class HFOwnPredictor:
         return masks[0][0].numpy(), out.iou_scores[0, 0].numpy(), out.pred_masks[0, 0].numpy()
 
 
+def efficientvit_sam_model():
+    """`backbone=efficientvit_sam_l0 backbone.checkpoint=random` (512 px encoder input)."""
+    pytest.importorskip("efficientsam", reason="pip install 'persam[efficientvit_sam]'")
+    from hydra.utils import instantiate
+
+    cfg = compose_backbone("backbone=efficientvit_sam_l0", "backbone.checkpoint=random")
+    return instantiate(cfg, seed=1, device="cpu")
+
+
+def efficientvit_sam_own_predictor(sam):
+    """The `efficientsam` package's own model (architecture function, no weights) and
+    predictor, holding `sam`'s weights."""
+    from efficientsam.models.efficientvit.sam import (
+        EfficientViTSamPredictor,
+        efficientvit_sam_l0,
+    )
+    from efficientsam.models.nn.norm import set_norm_eps
+
+    own = efficientvit_sam_l0(image_size=512)
+    set_norm_eps(own, 1e-6)
+    own.load_state_dict(sam.state_dict())
+    return EfficientViTSamPredictor(own.eval())
+
+
 FAMILIES = {
     "mobile_sam": (mobile_sam_model, mobile_sam_own_predictor),
+    "efficientvit_sam_l0": (efficientvit_sam_model, efficientvit_sam_own_predictor),
     "hf_sam": (hf_sam_model, HFOwnPredictor),
 }
 
@@ -275,6 +300,47 @@ def test_missing_dependency_names_the_extra():
         require("persam_no_such_module", "sam2", "sam2_hiera_t")
 
 
+# -- EfficientViT-SAM specifics ---------------------------------------------------------------
+
+
+def test_efficientvit_sam_refuses_other_input_sizes():
+    pytest.importorskip("efficientsam")
+    from hydra.utils import instantiate
+
+    cfg = compose_backbone(
+        "backbone=efficientvit_sam_l0",
+        "backbone.checkpoint=random",
+        "backbone.encoder_input_size=1024",
+    )
+    with pytest.raises(Exception) as err:
+        instantiate(cfg, device="cpu")
+    cause = err.value.__cause__ or err.value
+    assert isinstance(cause, InputSizeError)
+    assert "backbone.encoder_input_size=1024" in str(cause)
+    assert "backbone.encoder_input_size=512" in str(cause)
+
+
+def test_efficientvit_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
+    pytest.importorskip("efficientsam")
+    from persam.efficientvit_sam import build_efficientvit_sam
+
+    path = tmp_path / "mobile_sam.pt"
+    torch.save({"image_encoder.layers.0.blocks.0.conv1.c.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError) as err:
+        build_efficientvit_sam(checkpoint=str(path), device="cpu")
+    msg = str(err.value)
+    assert "mobile_sam.pt" in msg and "TinyViT" in msg and "backbone=mobile_sam" in msg
+    assert "efficientvit_sam_l0.pt" in msg  # where to get the right one
+
+
+def test_missing_efficientsam_names_the_extra(monkeypatch):
+    from persam.efficientvit_sam import build_efficientvit_sam
+
+    monkeypatch.setitem(sys.modules, "efficientsam.models.efficientvit.sam", None)
+    with pytest.raises(MissingDependencyError, match=r"persam\[efficientvit_sam\]"):
+        build_efficientvit_sam(checkpoint="random", device="cpu")
+
+
 # -- Hugging Face SamModel specifics ---------------------------------------------------------
 
 
@@ -365,6 +431,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
 E2E = {
     "mobile_sam": ("mobile_sam", []),
     "hf_sam": ("transformers", [f"backbone.{k}={v}" for k, v in SMALL_VIT.items()]),
+    "efficientvit_sam_l0": ("efficientsam", []),
 }
 
 
