@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -325,28 +326,26 @@ def _wait_until_served(url: str, proc: subprocess.Popen, log: Path, timeout: flo
 
 @pytest.mark.slow
 def test_page_in_a_real_browser_matches_persam_run(tmp_path):
-    """Upload a reference, its mask and a test image; PerSAM's mask equals `persam.run`'s."""
+    """The real page in headless Chromium: bad input gives its message; a reference + mask +
+    two test images uploaded give PerSAM masks equal to `persam.run`'s on the same files;
+    PerSAM-F shows its weights and loss; clicked points and painting make reference masks."""
     _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     # One PerSeg object from the synthetic world: the files the page and persam.run both read.
     cache = tmp_path / "cache"
-    cfg = _compose([f"paths.cache_dir={cache}"])
-    obj = next(iter(instantiate(cfg.example)))
+    obj = next(iter(instantiate(_compose([f"paths.cache_dir={cache}"]).example)))
     data = tmp_path / "perseg"
+    stems = ("00", "01", "02")
     for kind, src in (("Images", obj.images), ("Annotations", obj.annotations)):
         (data / kind / "thing").mkdir(parents=True)
-        for stem in ("00", "01"):
+        for stem in stems:
             shutil.copy(src[stem], data / kind / "thing" / Path(src[stem]).name)
-    files = {
-        "image": data / "Images/thing/00.jpg",
-        "mask": data / "Annotations/thing/00.png",
-        "test": data / "Images/thing/01.jpg",
-    }
-    empty = tmp_path / "empty.png"
-    cv2.imwrite(str(empty), np.zeros(read_image(files["image"]).shape, np.uint8))
-    small = tmp_path / "small.png"
-    cv2.imwrite(str(small), read_image(files["mask"])[:30, :40])
+    image, mask = data / "Images/thing/00.jpg", data / "Annotations/thing/00.png"
+    tests = [data / f"Images/thing/{stem}.jpg" for stem in stems[1:]]
+    empty, small = tmp_path / "empty.png", tmp_path / "small.png"
+    cv2.imwrite(str(empty), np.zeros(read_image(image).shape, np.uint8))
+    cv2.imwrite(str(small), read_image(mask)[:30, :40])
 
     run = tmp_path / "run"
     proc = run_cli(
@@ -355,7 +354,6 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
         env={"PERSAM_CACHE_DIR": str(cache)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = cv2.imread(str(run / "masks/thing/01.png"), cv2.IMREAD_UNCHANGED)
     assert json.loads((run / "metrics.json").read_text())["objects"]["thing"]["status"] == "ok"
 
     port = _free_port()
@@ -379,8 +377,8 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.locator("#ref-image input[type=file]").set_input_files(files["image"])
-            page.locator("#test-images input[type=file]").set_input_files(files["test"])
+            page.locator("#ref-image input[type=file]").set_input_files(image)
+            page.locator("#test-images input[type=file]").set_input_files(tests)
 
             # bad input first: a mask of another size, then an empty one; each gives its
             # message in the page, no traceback
@@ -391,30 +389,78 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
                 page.locator("#ref-mask input[type=file]").set_input_files(bad)
                 expect(page.locator(f"#ref-mask [aria-label='{bad.name}']")).to_be_visible()
                 page.click("#run")
-                expect(page.get_by_text(message)).to_be_visible(timeout=60_000)
+                expect(page.get_by_text(message).first).to_be_visible(timeout=60_000)
                 page.locator("#ref-mask button[aria-label='Clear']").click()
             assert "Traceback" not in page.content()
+            page.get_by_role("status").get_by_role("button", name="Close", exact=True).click()
+            expect(page.get_by_text("Unusable reference mask")).to_have_count(0)
 
-            page.locator("#ref-mask input[type=file]").set_input_files(files["mask"])
+            # PerSAM on the uploaded reference mask
+            page.locator("#ref-mask input[type=file]").set_input_files(mask)
             expect(page.locator("#ref-mask [aria-label='00.png']")).to_be_visible()
-            expect(page.locator("#test-images [aria-label='01.jpg']")).to_be_visible()
+            for path in tests:
+                expect(page.locator(f"#test-images [aria-label='{path.name}']")).to_be_visible()
             page.click("#run")
             link = page.locator("#masks-zip a").first
             expect(link).to_be_visible(timeout=120_000)
-            expect(page.locator("#status")).to_contain_text("1 image(s) segmented")
-            expect(page.locator("#results img")).to_have_count(5)
-            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
-            archive = page.request.get(link.get_attribute("href")).body()
+            expect(page.locator("#status")).to_contain_text("2 image(s) segmented")
+            expect(page.locator("#results img")).to_have_count(10)
+            persam_zip = link.get_attribute("href")
+            archive = page.request.get(persam_zip).body()
+
+            # PerSAM-F: the switches follow the method; the weights and the loss curve appear
+            page.get_by_label("PerSAM-F").check()
+            expect(page.locator("#negative_point input")).not_to_be_checked()
+            page.locator("#fit-steps input").fill("30")
+            page.click("#run")
+            expect(page.locator("#status")).to_contain_text("fit: 30 steps", timeout=180_000)
+            expect(page.locator("#weights")).to_contain_text("mask 2")
+            expect(page.locator("#loss")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "demo.jpg"), full_page=True, quality=85)
+            hrefs = {persam_zip, link.get_attribute("href")}
+
+            # a reference mask from clicked points (SAM), then one painted in the editor
+            page.get_by_label("PerSAM (training-free)").check()
+            page.get_by_role("tab", name="Click points").click()
+            fg = read_annotation(mask)[..., 0] > 0
+            dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5)
+            y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+            shown = page.locator("#points-image img")
+            box = shown.bounding_box()
+            shown.click(
+                position={"x": x * box["width"] / fg.shape[1], "y": y * box["height"] / fg.shape[0]}
+            )
+            expect(page.get_by_label("clicked points (SAM)")).to_be_checked(timeout=60_000)
+            page.get_by_role("tab", name="Paint").click()
+            canvas = page.locator("#editor canvas").first.bounding_box()
+            cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 30, cy + 20, steps=8)
+            page.mouse.up()
+            for source in ("clicked points (SAM)", "painted in the editor"):
+                page.get_by_label(source).check()
+                page.click("#run")
+                expect(link).not_to_have_attribute(
+                    "href", re.compile("|".join(map(re.escape, hrefs))), timeout=120_000
+                )
+                hrefs.add(link.get_attribute("href"))
+            expect(page.locator("#status")).to_contain_text("2 image(s) segmented")
+            assert "Traceback" not in page.content()
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert "Traceback" not in log.read_text()  # no unexpected error on the server either
     shot = os.environ.get("PERSAM_DEMO_SCREENSHOT")
     if shot:
-        shutil.copy(tmp_path / "demo.png", shot)
+        shutil.copy(tmp_path / "demo.jpg", shot)
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
-        assert zf.namelist() == ["masks/01.png"]
-        ours = cv2.imdecode(np.frombuffer(zf.read("masks/01.png"), np.uint8), -1)
-    assert ours.shape == expected.shape
-    np.testing.assert_array_equal(ours, expected)
-    assert (ours > 0).any()
+        assert zf.namelist() == ["masks/01.png", "masks/02.png"]
+        for stem in stems[1:]:
+            ours = cv2.imdecode(np.frombuffer(zf.read(f"masks/{stem}.png"), np.uint8), -1)
+            expected = cv2.imread(str(run / f"masks/thing/{stem}.png"), cv2.IMREAD_UNCHANGED)
+            assert ours.shape == expected.shape and (ours > 0).any()
+            np.testing.assert_array_equal(ours, expected)
+    # every request wrote its masks into the demo's run folder
+    assert len(list((tmp_path / "d" / "results").glob("*/masks.zip"))) == 4

@@ -26,7 +26,6 @@ from omegaconf import DictConfig  # noqa: E402
 from persam.data.perseg import ObjectSet  # noqa: E402
 from persam.demo import core  # noqa: E402
 from persam.encoder import Encoder  # noqa: E402
-from persam.outputs import overlay  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +92,19 @@ def build_app(demo: Demo) -> gr.Blocks:
 
     # ----------------------------------------------------------------- handlers
     @_page_errors
-    def load_reference(ref_file):
+    def load_reference(ref_file, mask_file):
         if ref_file is None:
-            return None, None, [], gr.update()
+            return None, None, [], None
         image = core.read_upload(_path(ref_file), "reference image")
         editor = {"background": image, "layers": [], "composite": image}
-        return editor, image, [], gr.update()
+        view = image
+        if mask_file is not None:
+            try:  # the uploaded mask, if it fits this image
+                annotation = core.mask_from_upload(_path(mask_file), image)
+                view = core.mask_view(image, annotation[..., 0] > 0)
+            except core.DemoInputError:
+                pass
+        return editor, image, [], view
 
     def load_example():
         ex = demo.example
@@ -115,7 +121,16 @@ def build_app(demo: Demo) -> gr.Blocks:
         mask = core.mask_from_points(demo.encoder, image, points)
         coords = np.array([(px, py) for px, py, _ in points]).reshape(-1, 2)
         labels = np.array([lb for _, _, lb in points])
-        return overlay(image, mask, coords, labels), points, "points"
+        view = core.mask_view(image, mask, coords, labels)
+        return view, points, "points", view
+
+    @_page_errors
+    def show_uploaded_mask(ref_file, mask_file):
+        if ref_file is None or mask_file is None:
+            return gr.update(), gr.update()
+        image = core.read_upload(_path(ref_file), "reference image")
+        annotation = core.mask_from_upload(_path(mask_file), image)
+        return core.mask_view(image, annotation[..., 0] > 0), "upload"
 
     @_page_errors
     def clear_points(ref_file):
@@ -189,9 +204,7 @@ def build_app(demo: Demo) -> gr.Blocks:
         persam_f = result.target.fit is not None
         panels = [p for item in result.images for p in item.panels(persam_f)]
         per_row = len(panels) // len(result.images)
-        ref_view = overlay(
-            reference, annotation[..., 0] > 0, np.zeros((0, 2), int), np.zeros(0, int)
-        )
+        ref_view = core.mask_view(reference, annotation[..., 0] > 0)
         log.info("demo: %s on %d image(s) -> %s", result.method, len(tests), out_dir)
         return (
             core.summary(result),
@@ -290,6 +303,7 @@ def build_app(demo: Demo) -> gr.Blocks:
                     precision=0,
                     minimum=1,
                     label="PerSAM-F fit steps",
+                    elem_id="fit-steps",
                     visible=start["fit_steps"] is not None,
                 )
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run")
@@ -306,11 +320,15 @@ def build_app(demo: Demo) -> gr.Blocks:
         archive = gr.File(label="Masks (zip)", interactive=False, elem_id="masks-zip")
 
         # ------------------------------------------------------------- events
-        ref_file.change(load_reference, [ref_file], [editor, points_img, points_state, source])
+        ref_file.change(
+            load_reference, [ref_file, mask_file], [editor, points_img, points_state, ref_view]
+        )
         example_btn.click(load_example, None, [ref_file, mask_file, test_files, source])
-        mask_file.upload(lambda: "upload", None, source)
+        mask_file.change(show_uploaded_mask, [ref_file, mask_file], [ref_view, source])
         points_img.select(
-            add_point, [ref_file, points_state, point_label], [points_img, points_state, source]
+            add_point,
+            [ref_file, points_state, point_label],
+            [points_img, points_state, source, ref_view],
         )
         clear_btn.click(clear_points, [ref_file], [points_img, points_state])
         method.change(method_changed, [method], [*switches, refine, pooling, fit_steps])

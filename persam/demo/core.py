@@ -221,6 +221,17 @@ def build_method(
 # ----------------------------------------------------------------------------- panels
 
 
+def mask_view(image: np.ndarray, mask: np.ndarray, coords=None, labels=None) -> np.ndarray:
+    """`persam.outputs.overlay` (mask tinted, points drawn) with the mask's outline in yellow."""
+    coords = np.zeros((0, 2), np.int64) if coords is None else coords
+    labels = np.zeros(0, np.int64) if labels is None else labels
+    out = overlay(image, mask.astype(bool), coords, labels)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(0.004 * max(image.shape[:2])))
+    cv2.drawContours(out, contours, -1, (255, 230, 0), thickness)
+    return out
+
+
 def heatmap(image: np.ndarray, sim: torch.Tensor, coords, labels) -> np.ndarray:
     """The similarity map (H, W) in colour over `image`, with the chosen points -> RGB."""
     s = sim.detach().float().cpu().numpy()
@@ -249,20 +260,20 @@ class ImageResult:
         """[(RGB, caption)]: final overlay, heat map + points, step 0, 1, 2 masks."""
         p = self.prediction
         out = [
-            (overlay(self.image, p.mask, p.coords, p.labels), f"{self.name}: final mask"),
+            (mask_view(self.image, p.mask, p.coords, p.labels), f"{self.name}: final mask"),
             (
                 heatmap(self.image, self.similarity, p.coords, p.labels),
                 f"{self.name}: similarity, points (green +, red -)",
             ),
             (
-                overlay(self.image, p.first_mask, p.coords, p.labels),
+                mask_view(self.image, p.first_mask, p.coords, p.labels),
                 f"{self.name}: step 0 ({'weighted mask' if persam_f else 'first mask'})",
             ),
         ]
         for i, (mask, best) in enumerate(p.steps, start=1):
             out.append(
                 (
-                    overlay(self.image, mask, p.coords, p.labels),
+                    mask_view(self.image, mask, p.coords, p.labels),
                     f"{self.name}: step {i} (refinement, SAM mask #{best})",
                 )
             )
