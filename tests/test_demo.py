@@ -24,10 +24,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
+from persam.conf import CONFIG_DIR
 from persam.data.perseg import foreground, read_annotation, read_image
 from persam.demo import core
 from persam.demo.__main__ import build_demo
-from persam.run import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("PERSAM_CHROMIUM", "/usr/bin/chromium"))

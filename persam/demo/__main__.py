@@ -21,11 +21,11 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from persam.cache import EmbeddingCache  # noqa: E402
+from persam.conf import CONFIG_DIR  # noqa: E402
 from persam.encoder import Encoder  # noqa: E402
-from persam.run import CONFIG_DIR, build_backbone  # noqa: E402
+from persam.run import build_backbone  # noqa: E402
 
 log = logging.getLogger("persam.demo")
 
@@ -40,7 +40,7 @@ def build_demo(cfg: DictConfig, run_dir: Path):
         )
     torch.manual_seed(cfg.seed)
     sam = build_backbone(cfg)
-    encoder = Encoder(sam, EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled))
+    encoder = Encoder(sam, instantiate(cfg.cache))
     example = None
     if cfg.get("example") is not None:
         example = next(iter(instantiate(cfg.example)))
@@ -48,7 +48,7 @@ def build_demo(cfg: DictConfig, run_dir: Path):
         sam=sam,
         encoder=encoder,
         methods=cfg.methods,
-        trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+        trainer=instantiate(cfg.trainer),
         results_dir=run_dir / "results",
         backbone=cfg.backbone.name,
         start_method=cfg.start_method,

@@ -44,7 +44,7 @@ class Demo:
     sam: Any
     encoder: Encoder
     methods: DictConfig  # name -> conf/method/<name>.yaml
-    trainer: dict  # Lightning Trainer options of the PerSAM-F fit
+    trainer: Any  # Lightning Trainer factory of the PerSAM-F fit (the `trainer` group)
     results_dir: Path  # one numbered subfolder per segmentation request
     backbone: str = ""
     start_method: str = "persam"

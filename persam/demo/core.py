@@ -12,6 +12,7 @@ red channel marks the object (the PerSeg convention that `PerSAM.learn` reads).
 
 from __future__ import annotations
 
+import functools
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
@@ -185,14 +186,15 @@ def build_method(
     name: str,
     sam,
     encoder: Encoder,
-    trainer: DictConfig | dict | None = None,
+    trainer: Callable[..., L.Trainer] | None = None,
     options: dict[str, Any] | None = None,
     fit_report: Callable[[int, int], None] | None = None,
 ) -> PerSAM:
     """Instantiate method `name` of `methods` (conf/method/*) with the page's `options`.
 
     `options` holds switches (`SWITCHES`), `refine_steps`, `target_pooling` and, for PerSAM-F,
-    `fit_steps`; missing ones keep the config's values.
+    `fit_steps`; missing ones keep the config's values. `trainer` is the Lightning Trainer
+    factory of the `trainer` group; `fit_report(step, total)` follows the PerSAM-F fit.
     """
     if name not in methods:
         raise DemoInputError(f"Unknown method '{name}'; choose one of {', '.join(methods)}.")
@@ -204,18 +206,13 @@ def build_method(
         if int(fit_steps) < 1:
             raise DemoInputError(f"PerSAM-F fit steps must be at least 1, got {fit_steps}.")
         cfg["scale_weights"]["steps"] = int(fit_steps)
+    if "scale_weights" in cfg and fit_report is not None:
+        trainer = functools.partial(trainer or L.Trainer, callbacks=[FitProgress(fit_report)])
     try:
-        method = instantiate(OmegaConf.create(cfg))
+        return instantiate(OmegaConf.create(cfg), sam=sam, encoder=encoder, trainer=trainer)
     except Exception as exc:  # the method's own argument checks (refine_steps, pooling)
         cause = exc.__cause__ or exc
         raise DemoInputError(f"Invalid method options: {cause}") from exc
-    method.bind(sam, encoder)
-    if "scale_weights" in cfg:
-        kwargs = dict(trainer or {})
-        if fit_report is not None:
-            kwargs["callbacks"] = [FitProgress(fit_report)]
-        method.trainer_kwargs = kwargs
-    return method
 
 
 # ----------------------------------------------------------------------------- panels
