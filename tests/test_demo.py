@@ -289,6 +289,51 @@ def test_persam_f_fit_progress_weights_loss_and_zip(demo, example, tmp_path):
 # ----------------------------------------------------------------------------- the page
 
 
+def test_page_errors_are_messages_not_tracebacks():
+    import gradio as gr
+
+    from persam.demo.app import _page_errors
+
+    @_page_errors
+    def bad_input():
+        raise core.DemoInputError("The reference mask is 40x30 but the image is 128x96.")
+
+    @_page_errors
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(gr.Error) as err:
+        bad_input()
+    assert err.value.message == "The reference mask is 40x30 but the image is 128x96."
+    with pytest.raises(gr.Error) as err:
+        broken()
+    assert err.value.message.startswith("Unexpected error (RuntimeError: boom)")
+
+
+def test_page_has_every_control(demo):
+    from persam.demo.app import build_app
+
+    app = build_app(demo)
+    ids = {b.elem_id for b in app.blocks.values() if getattr(b, "elem_id", None)}
+    assert {
+        "ref-image",
+        "ref-mask",
+        "editor",
+        "points-image",
+        "load-example",
+        "test-images",
+        "method",
+        *core.SWITCHES,
+        "fit-steps",
+        "run",
+        "status",
+        "results",
+        "weights",
+        "loss",
+        "masks-zip",
+    } <= ids
+
+
 def _require_browser():
     """Chromium + Playwright, or skip; PERSAM_REQUIRE_BROWSER=1 (.ci/run) makes it a failure."""
     missing = None
@@ -446,6 +491,12 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
                 )
                 hrefs.add(link.get_attribute("href"))
             expect(page.locator("#status")).to_contain_text("2 image(s) segmented")
+
+            # the bundled example fills the reference, its mask and three test images
+            page.click("#load-example")
+            for name in ("01.jpg", "02.jpg", "03.jpg"):
+                expect(page.locator(f"#test-images [aria-label='{name}']")).to_be_visible()
+            expect(page.get_by_label("uploaded mask")).to_be_checked()
             assert "Traceback" not in page.content()
             browser.close()
     finally:
