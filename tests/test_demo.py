@@ -86,6 +86,12 @@ def test_demo_config_reuses_the_groups():
     assert core.method_options(cfg.methods, "persam_f")["fit_steps"] == 7
 
 
+def test_unknown_start_method_stops_with_the_choices(tmp_path):
+    cfg = _compose([f"paths.cache_dir={tmp_path}", "start_method=persam_x"])
+    with pytest.raises(SystemExit, match="start_method=persam_x is not one of .*persam_f"):
+        build_demo(cfg, tmp_path)
+
+
 def test_method_options_follow_the_method_configs():
     cfg = _compose()
     persam = core.method_options(cfg.methods, "persam")

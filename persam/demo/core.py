@@ -310,8 +310,8 @@ def run_method(
         for i, (name, image) in enumerate(tests):
             report(i / len(tests), f"segmenting {name} ({i + 1}/{len(tests)})")
             prediction = method.segment(image, target)
-            predictor = method.encoder.set_image(image)
-            sim = location_prior.similarity_map(predictor, target.location)
+            # the encoder's predictor still holds this image: the map the points came from
+            sim = location_prior.similarity_map(method.encoder.predictor, target.location)
             result.images.append(ImageResult(name, image, prediction, sim))
         report(1.0, "done")
     return result
