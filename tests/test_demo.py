@@ -427,6 +427,9 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
                 executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # CI machines are shared: generous waits (each still fails when nothing happens)
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             page.goto(url)
             page.locator("#ref-image input[type=file]").set_input_files(image)
             page.locator("#test-images input[type=file]").set_input_files(tests)
