@@ -430,6 +430,8 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             # CI machines are shared: generous waits (each still fails when nothing happens)
             page.set_default_timeout(60_000)
             expect.set_options(timeout=60_000)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(url)
             page.locator("#ref-image input[type=file]").set_input_files(image)
             page.locator("#test-images input[type=file]").set_input_files(tests)
@@ -508,6 +510,9 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             expect(page.get_by_label("uploaded mask")).to_be_checked()
             assert "Traceback" not in page.content()
             browser.close()
+        # the page works offline: everything it loaded came from the demo's own server
+        outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
+        assert requested and not outside, outside
     finally:
         server.terminate()
         server.wait(timeout=30)
