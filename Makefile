@@ -8,13 +8,13 @@ EXTRAS ?= mobile_sam,hf_sam,efficientvit_sam
 # The test command (README); .ci/run passes the same one explicitly.
 PYTEST ?= python -m pytest -q -rs
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench demo
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[dev,demo,$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,6 +23,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m persam.run
 	$(PY) -m persam.run method=persam_f task_name=persam_f
+
+# The interactive page (persam/demo/) on http://127.0.0.1:$(PORT); Ctrl-C stops it.
+PORT ?= 7860
+demo: install
+	$(PY) -m persam.demo port=$(PORT)
 
 test: install
 	$(VENV)/bin/$(PYTEST)
