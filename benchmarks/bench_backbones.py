@@ -31,6 +31,7 @@ BACKBONES = {
     "efficientvit_sam_l0": "efficientsam",
     "efficientvit_sam_xl0": "efficientsam",
     "hf_sam": "transformers",
+    "sam2_hiera_t": "sam2",
 }
 
 

@@ -33,6 +33,15 @@ OFFICIAL_CHECKPOINTS = {
     # Hugging Face's SamModel reads segment_anything's checkpoints (config: vit_b's sizes).
     "hf_sam": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
     **{
+        f"sam2_{size}": f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_{file}.pt"
+        for size, file in (
+            ("hiera_t", "hiera_tiny"),
+            ("hiera_s", "hiera_small"),
+            ("hiera_b_plus", "hiera_base_plus"),
+            ("hiera_l", "hiera_large"),
+        )
+    },
+    **{
         f"efficientvit_sam_{v}": "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/"
         f"main/efficientvit_sam_{v}.pt"
         for v in ("l0", "l1", "l2", "xl0", "xl1")
@@ -231,8 +240,9 @@ def load_checkpoint(
             f"Cannot read SAM checkpoint {path}: {type(exc).__name__}: {exc}. The file is corrupt "
             f"or not a PyTorch state dict; download it again.{hint}"
         ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # Lightning-style / SAM 2's {"model": ...}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict):
         raise CheckpointError(
             f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict."
@@ -252,7 +262,7 @@ def load_checkpoint(
             ) from exc
         raise CheckpointError(
             f"SAM checkpoint {path} does not fit backbone '{name}': {detail} ... Choose the matching "
-            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam|efficientvit_sam_<size>) or set the "
+            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam|efficientvit_sam_<size>|sam2_<size>) or set the "
             f"backbone.* architecture fields to the checkpoint's architecture."
         ) from exc
 

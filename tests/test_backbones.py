@@ -145,8 +145,32 @@ def efficientvit_sam_own_predictor(sam):
     return EfficientViTSamPredictor(own.eval())
 
 
+def need_sam2() -> None:
+    """Skip without `sam2`, without importing it (its import initialises Hydra globally)."""
+    import importlib.util
+
+    if importlib.util.find_spec("sam2") is None:
+        pytest.skip("sam2 is not installed: pip install 'persam[sam2]'")
+
+
+def sam2_model():
+    """`backbone=sam2_hiera_t backbone.checkpoint=random`, from the package's model config."""
+    need_sam2()
+    from hydra.utils import instantiate
+
+    cfg = compose_backbone("backbone=sam2_hiera_t", "backbone.checkpoint=random")
+    return instantiate(cfg, seed=1, device="cpu")
+
+
+def sam2_own_predictor(sam):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(sam)
+
+
 FAMILIES = {
     "mobile_sam": (mobile_sam_model, mobile_sam_own_predictor),
+    "sam2_hiera_t": (sam2_model, sam2_own_predictor),
     "efficientvit_sam_l0": (efficientvit_sam_model, efficientvit_sam_own_predictor),
     "hf_sam": (hf_sam_model, HFOwnPredictor),
 }
@@ -341,6 +365,69 @@ def test_missing_efficientsam_names_the_extra(monkeypatch):
         build_efficientvit_sam(checkpoint="random", device="cpu")
 
 
+# -- SAM 2 specifics -----------------------------------------------------------------------
+
+
+def test_sam2_leaves_no_global_hydra():
+    """Importing `sam2` initialises Hydra globally; building it through persam does not."""
+    need_sam2()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hydra.core.global_hydra import GlobalHydra as G;"
+            "from persam.sam2_model import sam2_class; sam2_class();"
+            "print(G.instance().is_initialized())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_sam2_location_prior_maps_the_square_resize_back():
+    """SAM 2 stretches the image to a square: the similarity map's arg-max must land on the
+    image pixel whose features were used (not on SAM's letterboxed position)."""
+    need_sam2()
+    from persam import location_prior
+
+    sam = sam2_model()
+    image, _ = scene(3, size=(60, 150))  # far from square
+    predictor = Encoder(sam).set_image(image)
+    assert predictor.input_size == (1024, 1024)
+    feats = predictor.features[0]
+    cell = (48, 10)  # (row, col) on the 64 x 64 grid
+    sim = location_prior.similarity_map(predictor, feats[:, cell[0], cell[1]])
+    assert sim.shape == image.shape[:2]
+    y, x = np.unravel_index(int(sim.argmax()), sim.shape)
+    # the cell's centre in image pixels under a square stretch
+    assert abs(y - (cell[0] + 0.5) * 60 / 64) <= 60 / 64 + 1
+    assert abs(x - (cell[1] + 0.5) * 150 / 64) <= 150 / 64 + 1
+
+
+def test_sam2_refuses_a_vit_checkpoint(tmp_path):
+    need_sam2()
+    from persam.sam2_model import build_sam2
+
+    path = tmp_path / "sam_vit_tiny.pth"
+    vit = build_sam(name="tiny", checkpoint="random", device="cpu", **SMALL_VIT)
+    torch.save(vit.state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        build_sam2(checkpoint=str(path), device="cpu")
+    msg = str(err.value)
+    assert "sam_vit_tiny.pth" in msg and "SAM ViT" in msg and "sam2.1_hiera_tiny.pt" in msg
+
+
+def test_missing_sam2_names_the_extra(monkeypatch):
+    from persam.sam2_model import build_sam2
+
+    monkeypatch.setitem(sys.modules, "sam2", None)
+    with pytest.raises(MissingDependencyError, match=r"persam\[sam2\]"):
+        build_sam2(checkpoint="random", device="cpu")
+
+
 # -- Hugging Face SamModel specifics ---------------------------------------------------------
 
 
@@ -432,6 +519,7 @@ E2E = {
     "mobile_sam": ("mobile_sam", []),
     "hf_sam": ("transformers", [f"backbone.{k}={v}" for k, v in SMALL_VIT.items()]),
     "efficientvit_sam_l0": ("efficientsam", []),
+    "sam2_hiera_t": ("sam2", []),
 }
 
 
@@ -439,8 +527,11 @@ E2E = {
 @pytest.mark.parametrize("backbone", list(E2E))
 @pytest.mark.parametrize("method", ["persam", "persam_f"])
 def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_path):
+    import importlib.util
+
     module, overrides = E2E[backbone]
-    pytest.importorskip(module)
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
     import json
 
     from helpers import run_cli, write_object

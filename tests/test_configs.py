@@ -120,6 +120,27 @@ EXPECTED_BACKBONES = {
         )
         for v, size in (("l0", 512), ("l1", 512), ("l2", 512), ("xl0", 1024), ("xl1", 1024))
     },
+    # SAM 2.1 image models, from the sam2 package's own model configs.
+    **{
+        f"sam2_{size}": SAM_COMMON
+        | dict(
+            _target_="persam.sam2_model.build_sam2",
+            name=f"sam2_{size}",
+            checkpoint=f"${{paths.checkpoint_dir}}/sam2.1_{file}.pt",
+            encoder_embed_dim=None,
+            encoder_depth=None,
+            encoder_num_heads=None,
+            encoder_global_attn_indexes=None,
+            window_size=None,
+            model_config=f"configs/sam2.1/sam2.1_{cfg}.yaml",
+        )
+        for size, cfg, file in (
+            ("hiera_t", "hiera_t", "hiera_tiny"),
+            ("hiera_s", "hiera_s", "hiera_small"),
+            ("hiera_b_plus", "hiera_b+", "hiera_base_plus"),
+            ("hiera_l", "hiera_l", "hiera_large"),
+        )
+    },
     # transformers' SamModel, vit_b's sizes, read from segment_anything's vit_b checkpoint.
     "hf_sam": SAM_COMMON
     | _encoder(768, 12, 12, [2, 5, 8, 11])
