@@ -772,6 +772,9 @@ def synthetic_dataset(
     images_per_object: int = 4,
     reference: str = "00",
     objects: list[str] | None = None,
+    instances_root: str | None = None,
+    reference_perturbation: str = "none",
+    perturbation_amount: float = 0.1,
 ):
     """The synthetic split as a `PerSegDataset` (generated under `root` on first use)."""
     from persam.data.perseg import PerSegDataset
@@ -779,4 +782,11 @@ def synthetic_dataset(
     split_root = ensure_synthetic(
         root, split=split, seed=seed, num_objects=num_objects, images_per_object=images_per_object
     )
-    return PerSegDataset(split_root, reference=reference, objects=objects)
+    return PerSegDataset(
+        split_root,
+        reference=reference,
+        objects=objects,
+        instances_root=instances_root,
+        reference_perturbation=reference_perturbation,
+        perturbation_amount=perturbation_amount,
+    )
