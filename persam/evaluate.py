@@ -39,13 +39,13 @@ EXPECTED_ERRORS = (DataError, EmptyReferenceMask, ValueError, ArithmeticError, O
 
 
 def _fit_fields(target: Target) -> dict[str, Any]:
-    if target.fit is None:
-        return {}
-    return {
-        "mask_weights": [float(w) for w in target.mask_weights],
-        "fit_seconds": float(target.fit.seconds),
-        "final_loss": float(target.fit.final_loss),
-    }
+    out: dict[str, Any] = {}
+    if target.mask_weights is not None:
+        out["mask_weights"] = [float(w) for w in target.mask_weights]
+    if target.fit is not None:
+        out["fit_seconds"] = float(target.fit.seconds)
+        out["final_loss"] = float(target.fit.final_loss)
+    return out
 
 
 def _reference_run(

@@ -335,10 +335,10 @@ class PerSAMF(PerSAM):
         load = self.scale_weights.pop("load", None)
         self.saved_weights = None
         if load:
-            from persam.outputs import read_scale_weights
+            from persam.outputs import read_scale_weights, scale_weights_file
 
             self.saved_weights = read_scale_weights(load)
-            self.saved_from = str(load)
+            self.saved_from = str(scale_weights_file(load))
         # Keyword arguments of the fit's Lightning Trainer (the `trainer` config group).
         self.trainer_kwargs: dict = {}
 

@@ -99,11 +99,15 @@ def write_scale_weights(run_dir: Path, weights: dict[str, list[float]]) -> None:
     _atomic_write(run_dir / SCALE_WEIGHTS_FILE, lambda f: json.dump(weights, f, indent=2))
 
 
+def scale_weights_file(path: str | Path) -> Path:
+    """`path` itself, or the `scale_weights.json` in it when it is a (run) folder."""
+    path = Path(path).expanduser()
+    return path / SCALE_WEIGHTS_FILE if path.is_dir() else path
+
+
 def read_scale_weights(path: str | Path) -> dict[str, list[float]]:
     """The weights of a `scale_weights.json` (the file, or the run folder that holds it)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / SCALE_WEIGHTS_FILE
+    path = scale_weights_file(path)
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
