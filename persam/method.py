@@ -12,6 +12,7 @@ similarity map is suppressed under each found instance and the next peak prompts
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,9 @@ class PerSAM:
     """Training-free PerSAM; every paper component is one switch.
 
     Args:
+      sam: the frozen SAM backbone (`persam.backbone.build_sam`).
+      encoder: its image encoder with the embedding cache (default: an uncached `Encoder`).
+      trainer: unused by PerSAM; PerSAM-F fits with it (a `lightning.Trainer` factory).
       target_pooling: `mean` (PerSAM) or `max_mean` (PerSAM-F) pooling for the location prior.
       positive_point / negative_point: prompt with the similarity arg-max / arg-min.
       guided_attention: modulate the decoder's token-to-image attention by the similarity map.
@@ -116,6 +120,9 @@ class PerSAM:
 
     def __init__(
         self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
         name: str = "persam",
         target_pooling: str = "mean",
         positive_point: bool = True,
@@ -153,15 +160,10 @@ class PerSAM:
         self.instance_threshold = float(instance_threshold)
         self.instance_overlap = float(instance_overlap)
         self.max_instances = int(max_instances)
-        self.sam: Sam | None = None
-        self.encoder: Encoder | None = None
-
-    def bind(self, sam: Sam, encoder: Encoder | None = None) -> PerSAM:
-        """Attach the SAM backbone (and a shared, cached encoder)."""
         self.sam = sam
         self.encoder = encoder or Encoder(sam)
+        self.trainer = trainer
         self.decoder = personalize(sam)
-        return self
 
     # -- reference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -298,6 +300,8 @@ class PerSAMF(PerSAM):
     """PerSAM-F: learn 2 weights mixing SAM's three multi-scale masks on the reference.
 
     Args (besides PerSAM's; the defaults are the paper's):
+      trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
+        fit completes with its steps and logger; None: a CPU Trainer.
       scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, ...), and
         `load`: a `scale_weights.json` (or the run folder holding it) whose weights are used
         instead of fitting (the same masks as the run that fitted them).
@@ -305,6 +309,9 @@ class PerSAMF(PerSAM):
 
     def __init__(
         self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
         name: str = "persam_f",
         target_pooling: str = "max_mean",
         positive_point: bool = True,
@@ -319,6 +326,9 @@ class PerSAMF(PerSAM):
         max_instances: int = 10,
     ) -> None:
         super().__init__(
+            sam,
+            encoder,
+            trainer,
             name=name,
             target_pooling=target_pooling,
             positive_point=positive_point,
@@ -339,8 +349,6 @@ class PerSAMF(PerSAM):
 
             self.saved_weights = read_scale_weights(load)
             self.saved_from = str(scale_weights_file(load))
-        # Keyword arguments of the fit's Lightning Trainer (the `trainer` config group).
-        self.trainer_kwargs: dict = {}
 
     def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
         """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
@@ -374,7 +382,7 @@ class PerSAMF(PerSAM):
             torch.as_tensor(high),
             gt,
             logger=logger,
-            trainer_kwargs=self.trainer_kwargs,
+            trainer=self.trainer,
             log_name=f"fit/{name}/loss" if name else "fit/loss",
             **self.scale_weights,
         )

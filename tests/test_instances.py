@@ -130,7 +130,7 @@ def test_bad_instances_is_a_clear_error(value):
     with pytest.raises(ValueError, match="method.instances must be a positive integer or 'auto'"):
         check_instances(value)
     with pytest.raises(ValueError, match="method.instances"):
-        PerSAM(instances=value)
+        PerSAM(None, instances=value)
 
 
 @pytest.mark.parametrize(("value", "expected"), [(1, 1), (3, 3), ("2", 2), ("auto", "auto")])
@@ -196,8 +196,8 @@ def test_persam_finds_the_second_copies_without_reencoding(embedded, heldout):
     calls = []
     original = encoder.set_image
     encoder.set_image = lambda img: calls.append(1) or original(img)
-    single = PerSAM().bind(embedded, encoder)
-    methods = {n: PerSAM(instances=n).bind(embedded, encoder) for n in (2, "auto")}
+    single = PerSAM(embedded, encoder)
+    methods = {n: PerSAM(embedded, encoder, instances=n) for n in (2, "auto")}
     found = {1: 0, 2: 0, "auto": 0}
     names = sorted(p.name for p in (heldout / "Images").iterdir())
     for name in names:
@@ -226,9 +226,9 @@ def test_persam_f_multi_instance(embedded, heldout):
     from persam.method import PerSAMF
 
     ref, ref_mask, image, labels = _two_copies(heldout, "obj00_blob")
-    method = PerSAMF(instances="auto", scale_weights={"steps": 30, "fused": "eager"})
-    method.bind(embedded, Encoder(embedded))
-    method.trainer_kwargs = {"accelerator": "cpu", "devices": 1}
+    method = PerSAMF(
+        embedded, Encoder(embedded), instances="auto", scale_weights={"steps": 30, "fused": "eager"}
+    )
     target = method.learn(ref, ref_mask)
     pred = method.segment(image, target)
     assert match_instances(pred.instance_map(), labels)["found"] == 2

@@ -55,7 +55,7 @@ def oracle(overrides: list[str]) -> dict:
     torch.manual_seed(cfg.seed)
     sam = instantiate(cfg.backbone)
     encoder = Encoder(sam)
-    persam = PerSAM().bind(sam, encoder)
+    persam = PerSAM(sam, encoder)
     dataset = instantiate(cfg.data)
     meters = {v: {} for v in VARIANTS}
     hits: dict[str, list[bool]] = {}
