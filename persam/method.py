@@ -131,7 +131,7 @@ class PerSAM:
         semantic_prompt: bool = True,
         refine_steps: int = 2,
         instances: int | str = 1,
-        instance_threshold: float = 0.8,
+        instance_threshold: float = 0.9,
         instance_overlap: float = 0.5,
         max_instances: int = 10,
     ) -> None:
@@ -321,7 +321,7 @@ class PerSAMF(PerSAM):
         refine_steps: int = 2,
         scale_weights: dict | None = None,
         instances: int | str = 1,
-        instance_threshold: float = 0.8,
+        instance_threshold: float = 0.9,
         instance_overlap: float = 0.5,
         max_instances: int = 10,
     ) -> None:

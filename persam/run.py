@@ -28,13 +28,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from persam.backbone import CheckpointError
+from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
 from persam.loggers import RunLogger
 from persam.runner import RunInterrupted, Runner
 
 log = logging.getLogger("persam.run")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # The backbone of the previous job, reused by the next one when its config is the same
 # (jobs of a sweep run one after another in one process with Hydra's basic launcher).

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import persam  # noqa: F401 - registers the ${persam_weights:...} resolver
 from persam.backbone import CheckpointError
-from persam.run import CONFIG_DIR
+from persam.conf import CONFIG_DIR
 from persam.training.memory import (
     TrainingMemoryError,
     check_memory,

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.method import PerSAM, PerSAMF
-from persam.run import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 import persam
 from persam.backbone import CheckpointError
+from persam.conf import CONFIG_DIR
 from persam.data.synthetic import SPLITS, render_scene, split_identities
 from persam.encoder import Encoder
 from persam.method import PerSAM
-from persam.run import CONFIG_DIR
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "embedded_sam.pth"
@@ -84,7 +84,7 @@ def _scene_pairs():
         rng = np.random.default_rng([SPLITS["heldout"], 1, i, 4242])
         ref = render_scene(ident, rng, distractor_pool=identities)
         test = render_scene(ident, rng, distractor_pool=identities)
-        yield ref, test
+        yield (ref.image, ref.mask), (test.image, test.mask)
 
 
 def test_persam_segments_fresh_heldout_scenes(embedded_sam):

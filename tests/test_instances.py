@@ -232,3 +232,43 @@ def test_persam_f_multi_instance(embedded, heldout):
     target = method.learn(ref, ref_mask)
     pred = method.segment(image, target)
     assert match_instances(pred.instance_map(), labels)["found"] == 2
+
+
+# ----------------------------------------------------------------------------- synthetic world
+
+
+def test_render_scene_copies():
+    from persam.data.synthetic import make_identity, render_scene
+
+    ident = make_identity(12345)
+    one = render_scene(ident, np.random.default_rng(7))
+    again = render_scene(ident, np.random.default_rng(7), copies=1)
+    np.testing.assert_array_equal(one.image, again.image)  # copies=1 is the usual scene
+    np.testing.assert_array_equal(one.instances, one.mask)
+    for seed in range(4):
+        scene = render_scene(ident, np.random.default_rng(seed), copies=3)
+        ids = set(np.unique(scene.instances)) - {0}
+        assert 2 <= len(ids) <= 3  # a copy finds a place in nearly every scene
+        np.testing.assert_array_equal(scene.instances > 0, scene.mask)
+
+
+def test_multi_instance_split_and_dataset(tmp_path):
+    from persam.data.synthetic import ensure_synthetic, synthetic_dataset
+
+    data = synthetic_dataset(
+        tmp_path, num_objects=2, images_per_object=3, instances_per_image=[2, 3]
+    )
+    root = tmp_path / "heldout_copies2-3"
+    assert data.root == root and data.instances_root == root / "Instances"
+    for name in data.names:
+        assert read_instances(root / "Instances" / name / "00.png").max() == 1  # the reference
+        for stem in ("01", "02"):
+            labels = read_instances(root / "Instances" / name / f"{stem}.png")
+            ann = np.array(Image.open(root / "Annotations" / name / f"{stem}.png"))[..., 0] > 0
+            np.testing.assert_array_equal(labels > 0, ann)
+            assert labels.max() >= 2
+    assert not (tmp_path / "heldout").exists()  # the single-instance split is left alone
+    single = ensure_synthetic(tmp_path, num_objects=2, images_per_object=3)
+    assert single == tmp_path / "heldout" and not (single / "Instances").exists()
+    with pytest.raises(ValueError, match="data.instances_per_image"):
+        synthetic_dataset(tmp_path, instances_per_image=[3, 1])

@@ -11,12 +11,12 @@ from helpers import write_object
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.data.perseg import PerSegDataset
 from persam.encoder import Encoder
 from persam.evaluate import ObjectTask
 from persam.loggers import RunLogger
 from persam.method import PerSAM
-from persam.run import CONFIG_DIR
 from persam.runner import Runner
 
 
