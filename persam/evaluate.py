@@ -156,8 +156,17 @@ class ObjectTask(Task):
         warnings: list[str] = []
         ref_image = read_image(obj.reference_image)
         ref_mask = read_annotation(obj.reference_annotation, ref_image.shape)
-        ref_mask = perturb_annotation(ref_mask, *self.perturbation, obj.name, obj.reference)
-        target = method.learn(ref_image, ref_mask, name=fit_name, logger=self.run_logger.logger)
+        kind, amount = self.perturbation
+        ref_mask = perturb_annotation(ref_mask, kind, amount, obj.name, obj.reference)
+        try:
+            target = method.learn(ref_image, ref_mask, name=fit_name, logger=self.run_logger.logger)
+        except EmptyReferenceMask as exc:
+            if kind == "none":
+                raise
+            raise EmptyReferenceMask(
+                f"object '{obj.name}': after data.reference_perturbation={kind} with "
+                f"data.perturbation_amount={amount}: {exc}; lower the amount"
+            ) from exc
         meter, instance_meter = ObjectMeter(), InstanceMeter()
         for stem, path in obj.images.items():
             image = ref_image if stem == obj.reference else read_image(path)

@@ -148,6 +148,11 @@ def test_reference_all_equals_single_reference_runs(tmp_path):
     assert metrics["miou"] == pytest.approx(
         np.mean([metrics["objects"][n]["iou_mean"] for n in ("cat", "dog")])
     )
+    report = run_cli([str(out)], cwd=tmp_path, module="persam.report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "IoU by reference" in md and "| cat |" in md.split("IoU by reference")[1]
+    assert (out / "report_references.png").stat().st_size > 1000
     for ref in ("00", "02"):
         single = tmp_path / f"ref{ref}"
         proc = run_cli(
