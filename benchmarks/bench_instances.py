@@ -25,12 +25,12 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.data.perseg import read_annotation, read_image
 from persam.data.synthetic import synthetic_dataset
 from persam.encoder import Encoder
 from persam.method import PerSAM
 from persam.metrics import InstanceMeter
-from persam.run import CONFIG_DIR
 
 
 class CountingEncoder(Encoder):

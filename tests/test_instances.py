@@ -146,7 +146,7 @@ def embedded():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from persam.run import CONFIG_DIR
+    from persam.conf import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["backbone.device=cpu"])
