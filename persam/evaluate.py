@@ -215,6 +215,9 @@ class ObjectTask(Task):
                 for k in ("precision", "recall", "f1")
             }
             summary["instances"]["source"] = self._instance_source()
+            summary["instances"]["matching"] = "greedy one-to-one, IoU >= 0.5"
+            if self.instances_root is None:
+                summary["instances"]["connectivity"] = 8
         with_refs = [r for r in ok if "iou_std" in r]
         if with_refs:
             summary["iou_mean"] = float(np.mean([r["iou_mean"] for r in with_refs]))
