@@ -47,6 +47,19 @@ def architecture(backbone: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k not in NON_ARCHITECTURE}
 
 
+def _build(node: DictConfig, **runtime):
+    """`instantiate(node, **runtime)`; a checkpoint error is raised as itself (Hydra wraps it)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, CheckpointError):
+            raise exc.__cause__ from None
+        raise
+
+
 def train(cfg: DictConfig) -> float | None:
     """Compose -> instantiate -> fit; returns the final loss (mean of the record's last steps)."""
     import lightning as L
@@ -61,7 +74,7 @@ def train(cfg: DictConfig) -> float | None:
         torch.set_num_threads(int(cfg.train.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     arch = architecture(cfg.backbone)
-    model = instantiate(cfg.train.module, architecture=arch)
+    model = _build(cfg.train.module, architecture=arch)
     data = instantiate(cfg.train.data)
     callbacks = [instantiate(c) for c in cfg.train.callbacks.values()]
     num_params = sum(p.numel() for p in model.sam.parameters())

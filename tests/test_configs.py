@@ -190,9 +190,65 @@ def test_compose_and_instantiate_methods(method, ablation, default_sam):
     obj = instantiate(cfg.method, sam=default_sam, trainer=trainer)
     assert isinstance(obj, PerSAMF if method == "persam_f" else PerSAM)
     assert obj.sam is default_sam and obj.trainer is trainer
-    if ablation == "c1_positive":
-        assert not (obj.negative_point or obj.guided_attention or obj.semantic_prompt)
-        assert obj.refine_steps == 0
+    if ablation is not None:
+        switches = {k: getattr(obj, k) for k in ABLATIONS[ablation]}
+        assert switches == ABLATIONS[ablation], ablation
+
+
+def _switches(negative, refine, guided, semantic):
+    return dict(
+        positive_point=True,
+        negative_point=negative,
+        refine_steps=2 if refine else 0,
+        guided_attention=guided,
+        semantic_prompt=semantic,
+    )
+
+
+# Paper Table 6: components added one by one (c1..c5: positive prior, + negative point,
+# + post refinement, + guided attention, + semantic prompt), then each removed from full PerSAM.
+ABLATIONS = {
+    "c1_positive": _switches(False, False, False, False),
+    "c2_negative": _switches(True, False, False, False),
+    "c3_refine": _switches(True, True, False, False),
+    "c4_guided": _switches(True, True, True, False),
+    "c5_semantic": _switches(True, True, True, True),
+    "no_negative": _switches(False, True, True, True),
+    "no_refine": _switches(True, False, True, True),
+    "no_guided": _switches(True, True, False, True),
+    "no_semantic": _switches(True, True, True, False),
+}
+
+
+def test_every_ablation_file_is_asserted():
+    assert set(_options("ablation")) == set(ABLATIONS)
+
+
+def test_train_config_composes_and_builds(tmp_path):
+    """conf/train.yaml: the data module, the model (with the backbone's architecture) and the
+    record callback, built by `instantiate` as `persam.train` builds them."""
+    from persam.train import architecture
+    from persam.training.data import ScenePairData
+    from persam.training.module import EmbeddedSamModule
+    from persam.training.record import TrainingRecord
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["train.batch_size=2", "train.data.num_identities=3"])
+    assert "method" not in cfg  # no placeholder keys
+    arch = architecture(cfg.backbone)
+    assert arch["image_size"] == cfg.backbone.image_size == 256  # the embedded architecture
+    data = instantiate(cfg.train.data)
+    assert isinstance(data, ScenePairData) and data.hparams.batch_size == 2
+    assert data.hparams.image_size == 256 and data.num_scenes == 3 * 6
+    model = instantiate(cfg.train.module, architecture=arch)
+    assert isinstance(model, EmbeddedSamModule) and model.init_from is None
+    assert model.hparams.architecture == arch
+    embedded = instantiate(_compose(["backbone.device=cpu"]).backbone)
+    assert model.sam.state_dict().keys() == embedded.state_dict().keys()
+    record = instantiate(cfg.train.callbacks.record, run_dir=tmp_path, overrides=[])
+    assert isinstance(record, TrainingRecord) and record.export_dir is None
+    factory = instantiate(cfg.trainer)
+    assert factory.keywords["max_steps"] == 3100 and factory.keywords["gradient_clip_val"] == 1.0
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import SMALL_ARCH
 from segment_anything.modeling.transformer import Attention
 
 from persam.backbone import build_sam
@@ -126,18 +127,7 @@ def test_batched_guidance_guides_each_image_with_its_own_target():
     from persam.training.module import decode
 
     torch.manual_seed(0)
-    arch = dict(
-        encoder_embed_dim=32,
-        encoder_depth=1,
-        encoder_num_heads=1,
-        encoder_global_attn_indexes=[0],
-        image_size=128,
-        prompt_embed_dim=32,
-        decoder_mlp_dim=64,
-        decoder_num_heads=2,
-        iou_head_hidden_dim=32,
-    )
-    sam = build_architecture(**arch).eval()
+    sam = build_architecture(**SMALL_ARCH).eval()
     handle = personalize(sam)
     feats = torch.randn(2, 32, 8, 8)
     coords, labels = torch.rand(2, 1, 2) * 127, torch.ones(2, 1, dtype=torch.long)
