@@ -23,6 +23,7 @@ from segment_anything.modeling import Sam
 from persam.backbone import (
     PIXEL_MEAN,
     PIXEL_STD,
+    BackboneError,
     InputSizeError,
     check_checkpoint_path,
     finish,
@@ -106,7 +107,7 @@ def build_efficientvit_sam(
     `decoder`: the fields of `persam.backbone.prompt_and_mask_decoder`.
     """
     if variant not in VARIANTS:
-        raise ValueError(
+        raise BackboneError(
             f"backbone.variant={variant}: EfficientViT-SAM comes in {', '.join(VARIANTS)} "
             f"(backbone=efficientvit_sam_<variant>)."
         )
@@ -132,12 +133,12 @@ def build_efficientvit_sam(
     )
     if any(v is not None for v in vit.values()):
         set_ = {k: v for k, v in vit.items() if v is not None}
-        raise ValueError(
+        raise BackboneError(
             f"backbone={name} is not a ViT: {set_} do not apply (leave them null; the "
             f"architecture is backbone.variant)."
         )
     if decoder.get("prompt_embed_dim", 256) != 256:
-        raise ValueError(f"backbone={name}: EfficientViT-SAM's neck writes 256 channels.")
+        raise BackboneError(f"backbone={name}: EfficientViT-SAM's neck writes 256 channels.")
     sam_module = require("efficientsam.models.efficientvit.sam", EXTRA, name)
     norm = require("efficientsam.models.nn.norm", EXTRA, name)
     if not is_random(checkpoint):

@@ -23,6 +23,7 @@ from segment_anything.modeling import Sam
 from persam.backbone import (
     PIXEL_MEAN,
     PIXEL_STD,
+    BackboneError,
     InputSizeError,
     check_checkpoint_path,
     finish,
@@ -100,19 +101,19 @@ def build_mobile_sam(
         )
     stages = (encoder_embed_dim, encoder_depth, encoder_num_heads, window_size)
     if any(isinstance(v, int) for v in stages) or len({len(v) for v in stages}) != 1:
-        raise ValueError(
+        raise BackboneError(
             "backbone.encoder_embed_dim, encoder_depth, encoder_num_heads and window_size are "
             f"per TinyViT stage for backbone={name}: lists of one length, got {list(stages)}."
         )
     if list(encoder_global_attn_indexes):
-        raise ValueError(
+        raise BackboneError(
             f"backbone.encoder_global_attn_indexes={list(encoder_global_attn_indexes)}: TinyViT "
             "has no global-attention blocks; leave it []."
         )
     if encoder_embed_dim[-1] != 320 or decoder.get("prompt_embed_dim", 256) != 256:
         # TinyViT's last patch merging keeps the 64 x 64 resolution only for width 320, and
         # its neck writes 256 channels.
-        raise ValueError(
+        raise BackboneError(
             f"backbone={name}: TinyViT needs a last stage of width 320 (got "
             f"{encoder_embed_dim[-1]}) and prompt_embed_dim 256."
         )

@@ -28,6 +28,7 @@ from segment_anything import SamPredictor
 from persam.backbone import (
     PIXEL_MEAN,
     PIXEL_STD,
+    BackboneError,
     InputSizeError,
     check_checkpoint_path,
     finish,
@@ -219,14 +220,14 @@ def build_sam2(
         k for k, v in base_fields.items() if k.startswith(("encoder_", "window")) and v is not None
     ]
     if vit:
-        raise ValueError(
+        raise BackboneError(
             f"backbone={name} is not a ViT: {vit} do not apply (leave them null; the architecture "
             f"is backbone.model_config)."
         )
     package = Path(import_sam2("sam2", name).__file__).parent
     path = Path(model_config) if Path(model_config).is_file() else package / model_config
     if not path.is_file():
-        raise FileNotFoundError(
+        raise BackboneError(
             f"backbone.model_config={model_config}: no such SAM 2 model config (in the sam2 "
             f"package: {', '.join(c for c, _ in SIZES.values())})."
         )

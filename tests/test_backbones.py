@@ -344,6 +344,15 @@ def test_efficientvit_sam_refuses_other_input_sizes():
     assert "backbone.encoder_input_size=512" in str(cause)
 
 
+def test_efficientvit_sam_refuses_vit_fields():
+    pytest.importorskip("efficientsam")
+    from persam.backbone import BackboneError
+    from persam.efficientvit_sam import build_efficientvit_sam
+
+    with pytest.raises(BackboneError, match=r"not a ViT.*encoder_depth.*backbone.variant"):
+        build_efficientvit_sam(checkpoint="random", device="cpu", encoder_depth=12)
+
+
 def test_efficientvit_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
     pytest.importorskip("efficientsam")
     from persam.efficientvit_sam import build_efficientvit_sam
