@@ -29,7 +29,8 @@ def _fit_fields(target: Target) -> dict[str, Any]:
         return {}
     return {
         "mask_weights": [float(w) for w in target.mask_weights],
-        "fit_seconds": float(target.fit.seconds),
+        "fit_seconds": float(target.fit.fit_seconds),
+        "compile_seconds": float(target.fit.compile_seconds),
         "final_loss": float(target.fit.final_loss),
     }
 
