@@ -147,10 +147,13 @@ def make_loss(
         raise ValueError(f"fused must be 'compile' or 'eager'; got {fused!r}")
     if backend == "reference":
         flat, mask = validate_inputs(logits, gt)
-        target = mask
+        on_device = {flat.device: (flat, mask)}
 
         def loss_fn(w: Tensor) -> Tensor:
-            return reference_loss(w, flat.to(w.device), target.to(w.device), alpha, gamma)
+            if w.device not in on_device:
+                on_device[w.device] = (flat.to(w.device), mask.to(w.device))
+            x, t = on_device[w.device]
+            return reference_loss(w, x, t, alpha, gamma)
 
         loss_fn.backend = None
         loss_fn.warm_up = lambda w: 0.0

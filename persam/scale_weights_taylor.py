@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -55,8 +56,9 @@ ORDER = 8
 TOL = 1e-9
 #: Below this trust radius the direct pass is used instead (the radius would last ~2 steps).
 MIN_RADIUS = 2e-3
-#: Pixels per chunk of the expansion pass (its ~60 float64 temporaries stay in cache).
-CHUNK = 32768
+#: Pixels per chunk of the expansion pass (its float64 temporaries stay in cache, and each op
+#: stays below torch's intra-op parallel grain, 32768).
+CHUNK = 16384
 
 
 def _monomials(order: int) -> list[tuple[int, int]]:
@@ -192,16 +194,18 @@ class TaylorBackend:
         self.coef: np.ndarray | None = None  # (4, n_mono): P_fg, P_bg, F_fg, F_bg
         self.expansions = 0
         self.direct = False
+        self.workers = max(1, min(2, torch.get_num_threads()))
 
     # ---------------------------------------------------------------- the expansion pass
-    def _moments(self, group: _Group, c: np.ndarray) -> tuple[np.ndarray, float, list[float]]:
-        """(2, n_mono) moments of p and f, and the f bound constants sum C, sum C |d_k|."""
+    def _moments_part(self, group: _Group, c: np.ndarray, starts: list[int]) -> list:
+        """Partial sums over the chunks beginning at ``starts``: the moment blocks (one (2,
+        k + 1) tensor per degree k) and the f bound constants per bin."""
         k1 = self.order + 1
         acc = [torch.zeros(2, k + 1, dtype=torch.float64) for k in range(k1)]
-        c_sum = np.zeros(NBINS)
-        c_d = np.zeros((2, NBINS))
+        c_sum = torch.zeros(NBINS, dtype=torch.float64)
+        c_d = torch.zeros(2, NBINS, dtype=torch.float64)
         c_u = 1 / math.sin(DISC)
-        for i in range(0, group.n, CHUNK):
+        for i in starts:
             z0, d1, d2 = group.z[:, i : i + CHUNK]
             s = z0 + c[0] * d1 + c[1] * d2
             u, v, f = taylor_coefficients(s, self.gamma, self.order)
@@ -219,11 +223,29 @@ class TaylorBackend:
             sp_max = torch.nn.functional.softplus(s + DISC, threshold=1e9)
             cf = c_u**self.gamma * (sp_max.clamp_min(-math.log(math.sin(DISC))) + math.pi)
             bins = group.bins[i : i + CHUNK]
-            c_sum += torch.bincount(bins, cf, minlength=NBINS).numpy()
-            c_d[0] += torch.bincount(bins, cf * d1.abs(), minlength=NBINS).numpy()
-            c_d[1] += torch.bincount(bins, cf * d2.abs(), minlength=NBINS).numpy()
+            c_sum += torch.bincount(bins, cf, minlength=NBINS)
+            c_d[0] += torch.bincount(bins, cf * d1.abs(), minlength=NBINS)
+            c_d[1] += torch.bincount(bins, cf * d2.abs(), minlength=NBINS)
+        return [*acc, c_sum, c_d]
+
+    def _moments(self, group: _Group, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(2, n_mono) moments of p and f, and the f bound constants per bin: sum C (NBINS,),
+        sum C |d_k| (2, NBINS).
+
+        The chunks are shared between ``workers`` Python threads, each running single-threaded
+        torch ops (a chunk is below torch's parallel grain), and the partial sums are added in a
+        fixed order: deterministic, and free of OpenMP spin-waiting on a busy machine."""
+        starts = list(range(0, group.n, CHUNK))
+        parts = [starts[j :: self.workers] for j in range(self.workers)]
+        if self.workers > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:
+                results = list(pool.map(lambda part: self._moments_part(group, c, part), parts))
+        else:
+            results = [self._moments_part(group, c, starts)]
+        total = [sum(r[j] for r in results) for j in range(len(results[0]))]
+        *acc, c_sum, c_d = total
         moments = torch.cat(acc, 1).numpy() * self._binom
-        return moments, c_sum, c_d
+        return moments, c_sum.numpy(), c_d.numpy()
 
     def error_bound(self, radius: float, c_f: tuple) -> tuple[float, float]:
         """Loss and gradient truncation-error bounds for trust radius ``radius``.
@@ -274,8 +296,13 @@ class TaylorBackend:
 
     def expand(self, c: np.ndarray) -> None:
         """Recompute the polynomial models around ``c`` (2,) (one pass over the pixels)."""
-        m_fg, cs_fg, cd_fg = self._moments(self.fg, c)
-        m_bg, cs_bg, cd_bg = self._moments(self.bg, c)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # parallel over chunks instead (see _moments)
+        try:
+            m_fg, cs_fg, cd_fg = self._moments(self.fg, c)
+            m_bg, cs_bg, cd_bg = self._moments(self.bg, c)
+        finally:
+            torch.set_num_threads(threads)
         self.coef = np.stack([m_fg[0], m_bg[0], m_fg[1], m_bg[1]])
         self.center = c.copy()
         self.bound_constants = ((cs_fg, cd_fg), (cs_bg, cd_bg))
