@@ -69,10 +69,14 @@ def section_fit(args, out) -> None:
 
     predict, gt, ref = load_reference(args.golden, "cat", device="cuda")
     logits = torch.as_tensor(predict())
-    trainer = {"accelerator": "gpu", "devices": 1}
+    import functools
+
+    import lightning as L
+
+    trainer = functools.partial(L.Trainer, accelerator="gpu", devices=1)
     backends = ["taylor", "fused", "reference"]
     for b in backends:  # compile / first-use outside the rounds
-        r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer_kwargs=trainer)
+        r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer=trainer)
         print(f"   {b}: first fit {r.fit_seconds:.3f} s, compile {r.compile_seconds:.2f} s")
     off, ours, last = [], {b: [] for b in backends}, {}
     for _ in range(args.rounds):
@@ -82,7 +86,7 @@ def section_fit(args, out) -> None:
             )
         )
         for b in backends:
-            r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer_kwargs=trainer)
+            r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer=trainer)
             ours[b].append(r.fit_seconds)
             last[b] = r
     print(f"official loop on the GPU (1000 steps): median {med(off):.2f} s")
@@ -140,7 +144,7 @@ def section_persam(args, out) -> None:
     }
     out["persam_per_image"] = {}
     for name, sam in sams.items():
-        method = PerSAM().bind(sam, Encoder(sam))  # no embedding cache: the encoder runs
+        method = PerSAM(sam, Encoder(sam))  # no embedding cache: the encoder runs
         target = method.learn(ref_img, ref_mask)
         for precision in ("fp32", "bf16"):
 

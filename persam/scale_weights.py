@@ -328,7 +328,7 @@ def fit_scale_weights(
     enable_progress_bar: bool = False,
     quiet: bool = True,
     num_threads: int | None = None,
-    trainer_kwargs: dict | None = None,
+    accelerator: str = "cpu",
     log_name: str = "loss",
 ) -> FitResult:
     """Fit the PerSAM-F scale weights with a ``lightning.Trainer`` (official schedule).
@@ -338,10 +338,9 @@ def fit_scale_weights(
     dice + sigmoid focal(alpha, gamma) of the mixed logits, computed by ``backend``
     (``taylor``, ``fused`` or ``reference``; ``fused`` = ``compile`` or ``eager`` says how the
     direct pass runs). ``trainer``: a Trainer factory (e.g. ``functools.partial(lightning.Trainer,
-    accelerator=...)`` from the ``trainer`` config group); the fit sets ``max_steps``, its
-    logger and turns off checkpointing and validation. ``trainer_kwargs``: the same as keyword
-    arguments of ``lightning.Trainer`` (used when ``trainer`` is None). ``logger``: a Lightning
-    logger or None. ``num_threads``: ``torch.set_num_threads`` for the fit (None: unchanged).
+    accelerator=...)`` from the ``trainer`` config group, ``_partial_``); the fit completes it
+    with ``max_steps`` and its logger and turns off checkpointing and validation; None:
+    ``lightning.Trainer`` on ``accelerator``. ``logger``: a Lightning logger or None. ``num_threads``: ``torch.set_num_threads`` for the fit (None: unchanged).
     Raises ValueError for bad inputs (e.g. an empty ``gt``), NonFiniteLossError if the loss
     becomes NaN/inf.
     """
@@ -371,9 +370,7 @@ def fit_scale_weights(
         limit_val_batches=0,
     )
     if trainer is None:
-        trainer = functools.partial(
-            L.Trainer, **{"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
-        )
+        trainer = functools.partial(L.Trainer, accelerator=accelerator, devices=1)
     loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None)
     threads_before = torch.get_num_threads()
     if num_threads is not None:
