@@ -83,7 +83,7 @@ def section_fit(args, out) -> None:
         off.append(
             official_seconds(
                 predict, gt, args.official_steps, device="cuda", sync=torch.cuda.synchronize
-            )
+            )[0]
         )
         for b in backends:
             r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer=trainer)

@@ -299,7 +299,9 @@ def _load_artifacts() -> bool:
     if path is None or not path.is_file():
         return False
     try:
-        torch.compiler.load_cache_artifacts(path.read_bytes())
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+        if info is None:  # torch could not read it (it says why)
+            raise ValueError("unreadable artifacts")
     except Exception as exc:  # noqa: BLE001 - a stale or corrupt cache only costs a compile
         log.warning("ignoring the compile cache %s (%s); compiling afresh", path, exc)
         return False

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -193,6 +194,7 @@ class TaylorBackend:
         self.radius = 0.0
         self.coef: np.ndarray | None = None  # (4, n_mono): P_fg, P_bg, F_fg, F_bg
         self.expansions = 0
+        self.expand_seconds = 0.0
         self.direct = False
         self.workers = max(1, min(2, torch.get_num_threads()))
 
@@ -296,6 +298,7 @@ class TaylorBackend:
 
     def expand(self, c: np.ndarray) -> None:
         """Recompute the polynomial models around ``c`` (2,) (one pass over the pixels)."""
+        t0 = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # parallel over chunks instead (see _moments)
         try:
@@ -308,6 +311,7 @@ class TaylorBackend:
         self.bound_constants = ((cs_fg, cd_fg), (cs_bg, cd_bg))
         self.radius = self._choose_radius(self.bound_constants)
         self.expansions += 1
+        self.expand_seconds += time.perf_counter() - t0
 
     # ---------------------------------------------------------------- per step
     def sums(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

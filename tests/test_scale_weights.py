@@ -309,3 +309,28 @@ def test_fit_matches_golden(golden_logits, obj):
     assert res.losses.shape == ref["losses"].shape
     assert np.abs(res.weights - ref["weights"]).max() < GOLDEN_WEIGHT_TOL
     assert np.abs(res.losses - ref["losses"]).max() < GOLDEN_LOSS_TOL
+
+
+# ------------------------------------------------------------------ compile cache
+
+
+def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
+    import persam.scale_weights_fused as sw
+
+    monkeypatch.setenv("PERSAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
+    folder = sw.compile_cache_dir()
+    assert folder == tmp_path / "compile" / f"torch-{torch.__version__}"
+    logits, gt, _ = _random_problem(9, 16, 16, 0.5, 2.0, dtype=torch.float32)
+    inputs = prepare_fused_inputs(logits, gt)
+    assert sw.warm_up(inputs) >= 0.0
+    artifact = folder / "scale_weights_fused.bin"
+    assert artifact.is_file() and artifact.stat().st_size > 0
+    assert sw.warm_up(inputs) == 0.0  # once per process and dtype
+    assert sw._load_artifacts()  # what a later process does before compiling
+    artifact.write_bytes(b"not a cache")
+    with caplog.at_level("WARNING", logger="persam.scale_weights_fused"):
+        assert not sw._load_artifacts()
+    assert "ignoring the compile cache" in caplog.text
+    monkeypatch.setenv("PERSAM_COMPILE_CACHE", "0")
+    assert sw.compile_cache_dir() is None
