@@ -18,17 +18,22 @@ expansion is redone at the current weights whenever they leave the trust box
 of each gradient component is provably <= ``tol`` (1e-9; float32 rounding of the loss is 6e-8).
 
 Truncation bound (why the radius is safe). ``sigmoid`` and ``u^gamma softplus`` (gamma >= 0)
-are analytic in the strip ``|Im s| < pi``; on the disc of radius ``pi/2`` around a real ``s``,
-``|1 + e^-s| >= 1`` so ``|u| <= 1`` and ``|p| <= 1``, and ``|softplus| <= softplus(s + pi/2) +
-pi/2``. Cauchy's estimate gives ``|phi_n(s)| <= C (2/pi)^n`` with ``C = 1`` for ``p`` and ``C =
-softplus(s + pi/2) + pi/2`` for ``f``. With ``|t| <= radius * (|d1| + |d2|) <= radius * Dmax``
-and ``q = 2 radius Dmax / pi < 1``, a pixel's value error is <= ``C q^(K+1) / (1 - q)`` and its
-gradient error (component k) <= ``C |d_k| (2/pi) q^K (K + 1 - K q) / (1 - q)^2``. Summed over
-pixels and propagated through dice and focal (:func:`loss_grad_error`, using ``sum(p) >= 0``
-and ``|dP/dw_k| <= sum |d_k| / 4``), this bounds the loss and gradient errors; the radius is the
-largest that keeps both <= ``tol``. ``tests/test_scale_weights.py`` checks the bound against the
-direct float64 sums. Saturated pixels (``|s|`` large) are not skipped but cost nothing per step
-either: they sit in the moments like every other pixel.
+are analytic in the strip ``|Im s| < pi`` (sigmoid's poles are at ``+-i pi``). Take the disc of
+radius ``R = DISC = 3 pi / 4`` around a real ``s``: there ``|1 + e^-z| >= sin R`` (the least
+modulus of ``1 + r e^(i theta)`` over ``r > 0`` is ``|sin theta|`` for ``|theta| > pi/2``), so
+``|u|, |v| <= 1 / sin R`` and ``|u^gamma| = |u|^gamma``; ``1 + e^z`` has modulus in
+``[sin R, 1 + e^(s + R)]`` and argument in ``(-pi, pi)``, so ``|softplus(z)| <=
+max(softplus(s + R), -ln sin R) + pi``. Cauchy's estimate gives ``|phi_n(s)| <= C R^-n`` with
+``C_p = 1 / sin R`` and ``C_f = (1 / sin R)^gamma (max(softplus(s + R), -ln sin R) + pi)``.
+With ``|t| <= radius D`` (``D = |d1| + |d2|``) and ``q = radius D / R < 1``, a pixel's value
+error is <= ``C q^(K+1) / (1 - q)`` and its gradient error (component k) <= ``C |d_k| q^K
+(K + 1 - K q) / (R (1 - q)^2)``. Pixels are binned by ``D`` (upper bin edges stand for ``D``),
+so summing these over the pixels costs a few numbers per bin; the sums are propagated through
+dice and focal (:func:`loss_grad_error`, using ``sum(p) >= 0`` and ``|dP/dw_k| <= sum |d_k| /
+4``) to bound the loss and gradient errors, and the radius is the largest that keeps both <=
+``tol``. ``tests/test_scale_weights_taylor.py`` checks the bound against the direct float64
+sums (at low orders, where the error is visible). Saturated pixels (``|s|`` large) are not
+skipped but cost nothing per step either: they sit in the moments like every other pixel.
 
 When the logits' spread ``Dmax`` is so large that the radius would be below ``MIN_RADIUS``
 (about two Adam steps), the expansion is not worth it and every step uses the direct fused pass
