@@ -117,14 +117,18 @@ class _FusedBackend:
         self.inputs = prepare_fused_inputs(logits, gt)
         self.alpha, self.gamma, self.mode = alpha, gamma, mode
 
-    def warm_up(self) -> float:
+    def _to(self, device: torch.device) -> None:
+        if self.inputs.z.device != device:
+            z, fg_block, counts = self.inputs.z, self.inputs.fg_block, self.inputs.counts
+            self.inputs = type(self.inputs)(z.to(device), fg_block.to(device), counts.to(device))
+
+    def warm_up(self, w: Tensor) -> float:
+        """Compile for ``w``'s device now (if compiling); returns the seconds spent."""
+        self._to(w.device)
         return warm_up(self.inputs, self.alpha, self.gamma) if self.mode == "compile" else 0.0
 
     def __call__(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        if self.inputs.z.device != w.device:
-            self.inputs = type(self.inputs)(
-                *(t.to(w.device) for t in (self.inputs.z, self.inputs.fg_block, self.inputs.counts))
-            )
+        self._to(w.device)
         return fused_loss_and_grad(self.inputs, w, self.alpha, self.gamma, self.mode)
 
 
@@ -160,9 +164,7 @@ def make_loss(
         return loss_fn
     if backend == "fused":
         impl = _FusedBackend(logits, gt, alpha, gamma, fused)
-
-        def warm(w: Tensor) -> float:
-            return impl.warm_up()
+        warm = impl.warm_up
 
     elif backend == "taylor":
         # The direct pass is built only if the expansion is not worth it (huge logit spreads).
@@ -379,7 +381,9 @@ def fit_scale_weights(
         with _quiet_lightning(quiet):
             fit_trainer = trainer(**fit_kwargs)
             t_start = time.perf_counter()
-            compile_seconds = loss_fn.warm_up(module.weights.detach())
+            # Prepare (and compile, if needed) on the device the Trainer will fit on.
+            device = fit_trainer.strategy.root_device
+            compile_seconds = loss_fn.warm_up(module.weights.detach().to(device))
             fit_trainer.fit(module, train_dataloaders=loader)
             fit_seconds = time.perf_counter() - t_start - compile_seconds
         with torch.no_grad():

@@ -332,18 +332,20 @@ def _compiled() -> Callable:
     return _COMPILED
 
 
-#: Seconds this process spent compiling (and loading the compile cache), by dtype.
-COMPILE_SECONDS: dict[torch.dtype, float] = {}
+#: Seconds this process spent compiling (and loading the compile cache), by (dtype, device type).
+COMPILE_SECONDS: dict[tuple[torch.dtype, str], float] = {}
 
 
 def warm_up(inputs: FusedInputs, alpha: float = 0.25, gamma: float = 2.0) -> float:
-    """Compile the kernel for ``inputs``' dtype now (once per process); returns the seconds spent.
+    """Compile the kernel for ``inputs``' dtype and device now (once per process); returns the
+    seconds spent.
 
     Loads the on-disk compile cache first and saves it after a compile that missed it, so only
     the first process on a machine (per torch version) pays the C++ build.
     """
     dtype = inputs.z.dtype
-    if dtype in COMPILE_SECONDS or _COMPILE_FAILED:
+    key = (dtype, inputs.z.device.type)
+    if key in COMPILE_SECONDS or _COMPILE_FAILED:
         return 0.0
     t0 = time.perf_counter()
     loaded = _load_artifacts()
@@ -351,8 +353,8 @@ def warm_up(inputs: FusedInputs, alpha: float = 0.25, gamma: float = 2.0) -> flo
     fused_loss_and_grad(inputs, w, alpha, gamma, "compile")
     if not loaded and not _COMPILE_FAILED:
         _save_artifacts()
-    COMPILE_SECONDS[dtype] = time.perf_counter() - t0
-    return COMPILE_SECONDS[dtype]
+    COMPILE_SECONDS[key] = time.perf_counter() - t0
+    return COMPILE_SECONDS[key]
 
 
 def compile_available() -> bool:

@@ -350,7 +350,7 @@ class TaylorBackend:
         the direct fallback is needed and compiled)."""
         if self.center is None:
             self._start(w.detach().double().cpu().reshape(-1).numpy())
-        return self.fallback.warm_up() if self.direct else 0.0
+        return self.fallback.warm_up(w) if self.direct else 0.0
 
     def __call__(self, w: Tensor) -> tuple[Tensor, Tensor]:
         if self.center is None:

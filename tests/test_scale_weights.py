@@ -334,3 +334,16 @@ def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
     assert "ignoring the compile cache" in caplog.text
     monkeypatch.setenv("PERSAM_COMPILE_CACHE", "0")
     assert sw.compile_cache_dir() is None
+
+
+def test_compiling_is_reported_apart_from_the_fit(monkeypatch):
+    import persam.scale_weights_fused as sw
+
+    monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
+    logits, gt, _ = _random_problem(10, 24, 24, 0.5, 2.0, dtype=torch.float32)
+    first = fit_scale_weights(logits, gt, steps=3, backend="fused")
+    again = fit_scale_weights(logits, gt, steps=3, backend="fused")
+    assert first.backend == again.backend == "compile"
+    assert first.compile_seconds > 0 and again.compile_seconds == 0.0
+    assert first.fit_seconds < first.seconds - first.compile_seconds + 1e-6
+    np.testing.assert_array_equal(first.weights, again.weights)
