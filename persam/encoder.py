@@ -41,7 +41,11 @@ class Encoder:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = module_fingerprint(self.sam.image_encoder)
+            # A backbone whose embedding depends on more than its image encoder says so.
+            state = getattr(self.sam, "embedding_state", None)
+            self._fingerprint = module_fingerprint(
+                state() if state is not None else self.sam.image_encoder
+            )
         return self._fingerprint
 
     def preprocess_id(self) -> str:

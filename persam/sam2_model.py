@@ -97,6 +97,14 @@ def sam2_class():
             decoder = self.sam_mask_decoder
             decoder.guided_attention_class = guided_sam2_attention_class()
 
+        def embedding_state(self) -> dict:
+            """What the cached image embedding depends on: the image encoder and the
+            no-memory embedding added to its last level."""
+            return {
+                **self.image_encoder.state_dict(prefix="image_encoder."),
+                "no_mem_embed": self.no_mem_embed,
+            }
+
         @property
         def mask_decoder(self):
             return self.sam_mask_decoder

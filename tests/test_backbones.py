@@ -416,6 +416,15 @@ def test_sam2_location_prior_maps_the_square_resize_back():
     assert abs(x - (cell[1] + 0.5) * 150 / 64) <= 150 / 64 + 1
 
 
+def test_sam2_cache_key_includes_the_no_memory_embedding():
+    """SAM 2's embedding adds `no_mem_embed` (outside its image encoder) to the last level."""
+    need_sam2()
+    sam = sam2_model()
+    before = Encoder(sam).fingerprint
+    sam.no_mem_embed.data += 1
+    assert Encoder(sam).fingerprint != before
+
+
 def test_sam2_refuses_a_vit_checkpoint(tmp_path):
     need_sam2()
     from persam.sam2_model import build_sam2
