@@ -54,6 +54,7 @@ class FrameOutput:
     labels: np.ndarray  # (H, W) uint8
     points: dict[int, np.ndarray] = field(default_factory=dict)  # id -> (N, 2) (x, y)
     warnings: list[str] = field(default_factory=list)
+    image: np.ndarray | None = None  # (H, W, 3) the frame itself
 
 
 def labels_of(label_map: np.ndarray) -> list[int]:
@@ -305,7 +306,7 @@ class VideoSegmenter:
                 trace[f"f{index:02d}/label_map"] = label_map
                 trace[f"f{index:02d}/labels_present"] = np.array(present, dtype=np.uint8)
                 trace[f"f{index:02d}/num_obj_processed"] = n
-            yield FrameOutput(index=index, labels=label_map, points=points, warnings=warnings)
+            yield FrameOutput(index, label_map, points, warnings, image)
 
     def _run_tracked(self, objects, first_labels, frames, trace):
         """Identity by object id; lost objects searched again from their location prior."""
@@ -346,4 +347,4 @@ class VideoSegmenter:
             if trace is not None:
                 trace[f"f{index:02d}/label_map"] = label_map
                 trace[f"f{index:02d}/labels_present"] = np.array(sorted(present), dtype=np.uint8)
-            yield FrameOutput(index=index, labels=label_map, points=points, warnings=warnings)
+            yield FrameOutput(index, label_map, points, warnings, image)
