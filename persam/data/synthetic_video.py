@@ -103,15 +103,16 @@ def _tracks(rng: np.random.Generator, hw: tuple[int, int], n: int, kind: str) ->
 
 
 def _exit_offset(t: float, w: int, r: float) -> float:
-    """Horizontal offset of the `exit` object: out of the frame for t in [0.35, 0.6]."""
+    """Horizontal offset of the `exit` object: it slides out through the right edge for t in
+    [0.15, 0.4], is entirely outside the frame for t in [0.4, 0.6], and slides back by 0.85."""
     away = w * 0.55 + 2 * r + 8
-    if t < 0.25 or t > 0.75:
+    if t < 0.15 or t > 0.85:
         return 0.0
-    if t < 0.35:
-        return away * (t - 0.25) / 0.1
+    if t < 0.4:
+        return away * (t - 0.15) / 0.25
     if t <= 0.6:
         return away
-    return away * (0.75 - t) / 0.15
+    return away * (0.85 - t) / 0.25
 
 
 def render_sequence(

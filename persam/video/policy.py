@@ -53,8 +53,8 @@ class VideoPolicy:
     refind_lost: bool = True
     true_largest: bool = True
     safe_empty: bool = True
-    refind_ratio: float = 0.9
-    absent_ratio: float = 0.0
+    refind_ratio: float = 0.75
+    absent_ratio: float = 0.75
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
