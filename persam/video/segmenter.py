@@ -76,6 +76,19 @@ def merge_logits(logits: list[np.ndarray], ids: list[int], shape: tuple[int, int
     return lut[index]
 
 
+def official_handover(label_map: np.ndarray) -> list[np.ndarray]:
+    """The scripts' box sources for the next frame: the masks of the labels *present*, in
+    label order. Slot j takes the j-th of them, so when a label vanishes every later object
+    gets the next survivor's box, the last slot(s) stop, and the slot count never grows again."""
+    return [label_map == v for v in labels_of(label_map)]
+
+
+def tracked_handover(label_map: np.ndarray, ids: list[int]) -> dict[int, np.ndarray | None]:
+    """Box sources by object id: each object's own mask, None when its label vanished."""
+    present = set(labels_of(label_map))
+    return {i: (label_map == i) if i in present else None for i in ids}
+
+
 class VideoSegmenter:
     """Segments the objects of a sequence with `method` (a bound PerSAM or PerSAMF).
 
@@ -300,11 +313,12 @@ class VideoSegmenter:
                 points[j + 1] = coords
                 warnings += [f"frame {index} slot {j + 1}: {w}" for w in warn]
             label_map = merge_logits(logits, list(range(1, n + 1)), shape)
-            present = labels_of(label_map)
-            sources = [label_map == v for v in present]
+            sources = official_handover(label_map)
             if trace is not None:
                 trace[f"f{index:02d}/label_map"] = label_map
-                trace[f"f{index:02d}/labels_present"] = np.array(present, dtype=np.uint8)
+                trace[f"f{index:02d}/labels_present"] = np.array(
+                    labels_of(label_map), dtype=np.uint8
+                )
                 trace[f"f{index:02d}/num_obj_processed"] = n
             yield FrameOutput(index, label_map, points, warnings, image)
 
@@ -335,16 +349,16 @@ class VideoSegmenter:
                 ids.append(obj.id)
                 points[obj.id] = coords
             label_map = merge_logits(logits, ids, shape)
-            present = set(labels_of(label_map))
             if policy.keep_identity:
-                sources = {o.id: (label_map == o.id) if o.id in present else None for o in objects}
-            else:
-                # Without identity, the official hand-over (j-th surviving label to slot j).
-                masks = [label_map == v for v in sorted(present)]
+                sources = tracked_handover(label_map, [o.id for o in objects])
+            else:  # the scripts' hand-over: the j-th surviving label's mask to object j
+                masks = official_handover(label_map)
                 sources = {
-                    o.id: (masks[j] if j < len(masks) else None) for j, o in enumerate(objects)
+                    o.id: masks[j] if j < len(masks) else None for j, o in enumerate(objects)
                 }
             if trace is not None:
                 trace[f"f{index:02d}/label_map"] = label_map
-                trace[f"f{index:02d}/labels_present"] = np.array(sorted(present), dtype=np.uint8)
+                trace[f"f{index:02d}/labels_present"] = np.array(
+                    labels_of(label_map), dtype=np.uint8
+                )
             yield FrameOutput(index, label_map, points, warnings, image)
