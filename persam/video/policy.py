@@ -38,6 +38,8 @@ class VideoPolicy:
         final mask is empty is lost for that frame.
       absent_ratio: an object whose similarity peak falls below absent_ratio x its frame-0 peak
         is absent in that frame (0 turns this off).
+      batch_objects: the objects of a frame go through SAM's decoder together, one call per
+        cascade step (the same arithmetic per object, up to float rounding).
     """
 
     mode: str = "tracked"
@@ -55,6 +57,7 @@ class VideoPolicy:
     safe_empty: bool = True
     refind_ratio: float = 0.75
     absent_ratio: float = 0.75
+    batch_objects: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

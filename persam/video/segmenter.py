@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from persam import location_prior
-from persam.refine import EmptyMaskError, cascaded_refinement, mask_box
+from persam.refine import EmptyMaskError, cascaded_refinement_batch, decode, mask_box
 from persam.scale_weights import FitResult, fit_scale_weights, mix_masks
 from persam.video.policy import VideoPolicy
 
@@ -199,81 +199,100 @@ class VideoSegmenter:
             labels = np.concatenate([labels, [1]])
         return coords, labels
 
-    # -- one object on one frame -----------------------------------------------------------
-    def _segment_object(self, predictor, obj: VideoObject, source, key: str, trace):
-        """The three-step cascade for `obj`; returns ((H, W) logits or None, coords, warnings)."""
+    # -- objects on one frame -------------------------------------------------------------
+    def _segment_objects(self, predictor, objects, sources, keys, trace, sims=None):
+        """The three-step cascade for objects that share a prompt layout (all with a box
+        source, or all without), each step one decoder call for all of them.
+
+        `sims`: the objects' similarity maps (H, W) when already computed.
+        Returns one ((H, W) logits or None, coords (N, 2), warnings) per object.
+        """
         policy = self.policy
         official = policy.official
-        sim = location_prior.similarity_map(predictor, obj.feature)
-        coords, labels = self._prompt(sim, source)
+        thr = predictor.model.mask_threshold
         rec = {} if trace is None else trace
-        if trace is not None:
-            top = sim.flatten().topk(self.topk + 1)[0]
-            rec[f"{key}/topk_xy"] = coords[: self.topk]
-            rec[f"{key}/sim_topk_plus1"] = top.numpy()
-        warnings: list[str] = []
-        box = None
-        if source is not None and policy.box_prompt:
-            box = mask_box(source, policy.box_margin)
+        prompts, boxes = [], []
+        for b, (obj, source, key) in enumerate(zip(objects, sources, keys, strict=True)):
+            sim = sims[b] if sims is not None and sims[b] is not None else None
+            if sim is None:
+                sim = location_prior.similarity_map(predictor, obj.feature)
+            coords, labels = self._prompt(sim, source)
+            prompts.append((coords, labels))
+            box = None
+            if source is not None and policy.box_prompt:
+                box = mask_box(source, policy.box_margin)
+            boxes.append(box)
             if trace is not None:
-                rec[f"{key}/center"] = coords[self.topk :]
-                rec[f"{key}/box_prompt"] = box
-        # Step 1: points (+ expanded box), SAM's three masks.
-        high, scores, low = predictor.predict(
-            point_coords=coords,
-            point_labels=labels,
-            box=None if box is None else box[None, :],
-            multimask_output=True,
-            return_logits=True,
-        )
-        masks = high > predictor.model.mask_threshold
-        rec[f"{key}/step1_scores"] = scores
-        on_empty = "raise" if official or not policy.safe_empty else "no_box"
-        if self.fine_tuned:
-            w = obj.weights
-            mixed = (mix_masks(torch.as_tensor(high), w) > predictor.model.mask_threshold).numpy()
-            mixed_low = mix_masks(low, w)[None]
-            rec[f"{key}/step1_mixed_mask"] = mixed
-            rec[f"{key}/step1_fallback"] = not mixed.any()
-            first = mixed
-            if not mixed.any():
-                first = masks[int(np.argmax(scores * w[0]))]
-                msg = "the mixed step-1 mask is empty; the best-scoring step-1 mask gives the box"
-                warnings.append(msg)
-            rec[f"{key}/step1_box"] = mask_box(first)
-            refined = cascaded_refinement(
-                predictor, coords, labels, first, mixed_low, steps=2, box_on_first=True,
-                keep_logits=True, on_empty=on_empty,
-            )  # fmt: skip
-        else:
-            counts = masks.reshape(3, -1).sum(1).astype(np.int64)
-            if not policy.large_pick:
-                large = 0
-            elif official or not policy.true_largest:
-                # The scripts store the counts as uint8: the pick is the largest count mod 256.
-                large = int(np.argmax((counts % 256).astype(np.uint8)))
+                rec[f"{key}/topk_xy"] = coords[: self.topk]
+                rec[f"{key}/sim_topk_plus1"] = sim.flatten().topk(self.topk + 1)[0].numpy()
+                if box is not None:
+                    rec[f"{key}/center"] = coords[self.topk :]
+                    rec[f"{key}/box_prompt"] = box
+        coords = np.stack([c for c, _ in prompts])
+        labels = np.stack([lb for _, lb in prompts])
+        box_batch = None if boxes[0] is None else np.stack(boxes)
+        # Step 1: points (+ expanded box), SAM's three masks with their full-resolution logits.
+        high, scores, low = decode(predictor, coords, labels, box_batch, return_logits=True)
+        masks = high > thr
+        firsts, first_logits, warnings = [], [], [[] for _ in objects]
+        for b, (obj, key) in enumerate(zip(objects, keys, strict=True)):
+            rec[f"{key}/step1_scores"] = scores[b]
+            if self.fine_tuned:
+                w = obj.weights
+                mixed = (mix_masks(torch.as_tensor(high[b]), w) > thr).numpy()
+                first = mixed
+                if not mixed.any():
+                    first = masks[b, int(np.argmax(scores[b] * w[0]))]
+                    warnings[b].append(
+                        "the mixed step-1 mask is empty; the best-scoring step-1 mask gives the box"
+                    )
+                rec[f"{key}/step1_mixed_mask"] = mixed
+                rec[f"{key}/step1_fallback"] = not mixed.any()
+                rec[f"{key}/step1_box"] = mask_box(first)
+                firsts.append(first)
+                first_logits.append(mix_masks(low[b], w)[None])
             else:
-                large = int(np.argmax(counts))
-            rec[f"{key}/step1_mask_pixels"] = counts
-            rec[f"{key}/step1_mask_pixels_uint8"] = (counts % 256).astype(np.uint8)
-            rec[f"{key}/large_index"] = large
-            refined = cascaded_refinement(
-                predictor, coords, labels, masks[large], low[large : large + 1], steps=2,
-                box_on_first=False, keep_logits=True, on_empty=on_empty,
-            )  # fmt: skip
-        (_, best2), (final, best3) = refined.steps
-        rec[f"{key}/step2_scores"] = refined.scores[0]
-        rec[f"{key}/step2_best"] = best2
-        rec[f"{key}/step2_box"] = refined.boxes[1]
-        rec[f"{key}/step3_scores"] = refined.scores[1]
-        rec[f"{key}/step3_best"] = best3
-        rec[f"{key}/final_mask"] = final
-        warnings += refined.warnings
-        logits = refined.high_res
-        if not official and policy.safe_empty and not final.any():
-            warnings.append("the final mask is empty: the object is lost in this frame")
-            logits = None
-        return logits, coords, warnings
+                counts = masks[b].reshape(3, -1).sum(1).astype(np.int64)
+                if not policy.large_pick:
+                    large = 0
+                elif official or not policy.true_largest:
+                    # The scripts store the counts as uint8: the pick is the largest count mod 256.
+                    large = int(np.argmax((counts % 256).astype(np.uint8)))
+                else:
+                    large = int(np.argmax(counts))
+                rec[f"{key}/step1_mask_pixels"] = counts
+                rec[f"{key}/step1_mask_pixels_uint8"] = (counts % 256).astype(np.uint8)
+                rec[f"{key}/large_index"] = large
+                firsts.append(masks[b, large])
+                first_logits.append(low[b, large : large + 1])
+        # Steps 2 and 3: the cascade (PerSAM-F's step 2 also takes the box of the mixed mask).
+        refined = cascaded_refinement_batch(
+            predictor,
+            coords,
+            labels,
+            np.stack(firsts),
+            np.stack(first_logits),
+            steps=2,
+            box_on_first=self.fine_tuned,
+            keep_logits=True,
+            on_empty="raise" if official or not policy.safe_empty else "no_box",
+        )
+        out = []
+        for b, (key, result) in enumerate(zip(keys, refined, strict=True)):
+            (_, best2), (final, best3) = result.steps
+            rec[f"{key}/step2_scores"] = result.scores[0]
+            rec[f"{key}/step2_best"] = best2
+            rec[f"{key}/step2_box"] = result.boxes[1]
+            rec[f"{key}/step3_scores"] = result.scores[1]
+            rec[f"{key}/step3_best"] = best3
+            rec[f"{key}/final_mask"] = final
+            warnings[b] += result.warnings
+            logits = result.high_res
+            if not official and policy.safe_empty and not final.any():
+                warnings[b].append("the final mask is empty: the object is lost in this frame")
+                logits = None
+            out.append((logits, prompts[b][0], warnings[b]))
+        return out
 
     # -- the sequence ----------------------------------------------------------------------
     def run(
@@ -301,8 +320,8 @@ class VideoSegmenter:
             for j in range(n):
                 key = f"f{index:02d}/obj{j + 1}"
                 try:
-                    lg, coords, warn = self._segment_object(
-                        predictor, objects[j], sources[j], key, trace
+                    ((lg, coords, warn),) = self._segment_objects(
+                        predictor, [objects[j]], [sources[j]], [key], trace
                     )
                 except EmptyMaskError as exc:
                     raise EmptyMaskError(
@@ -329,19 +348,40 @@ class VideoSegmenter:
         shape = first_labels.shape
         for index, image in frames:
             predictor = self.encoder.set_image(image)
-            logits, ids, points, warnings = [], [], {}, []
+            warnings: list[str] = []
+            running = []  # (slot, object, box source or None, similarity map or None)
             for j, obj in enumerate(objects):
-                key = f"f{index:02d}/obj{j + 1}"
-                source = sources.get(obj.id)
+                source, sim = sources.get(obj.id), None
                 if source is None or policy.absent_ratio > 0:
-                    peak = float(location_prior.similarity_map(predictor, obj.feature).max())
+                    sim = location_prior.similarity_map(predictor, obj.feature)
+                    peak = float(sim.max())
                     if source is None:
                         if not policy.refind_lost or peak < policy.refind_ratio * obj.ref_peak:
                             continue
                         warnings.append(f"frame {index}: object {obj.id} searched again")
                     elif peak < policy.absent_ratio * obj.ref_peak:
                         continue
-                lg, coords, warn = self._segment_object(predictor, obj, source, key, trace)
+                running.append((j, obj, source, sim))
+            # Objects with a box source, and those searched again without one, each go through
+            # the decoder together (`batch_objects`) or one by one.
+            groups = [
+                [r for r in running if r[2] is not None],
+                [r for r in running if r[2] is None],
+            ]
+            if not policy.batch_objects:
+                groups = [[r] for r in running]
+            results = {}
+            for group in groups:
+                if not group:
+                    continue
+                keys = [f"f{index:02d}/obj{r[0] + 1}" for r in group]
+                objs, srcs, sims = ([r[k] for r in group] for k in (1, 2, 3))
+                outs = self._segment_objects(predictor, objs, srcs, keys, trace, sims)
+                for (j, obj, _, _), out in zip(group, outs, strict=True):
+                    results[j] = (obj, *out)
+            logits, ids, points = [], [], {}
+            for j in sorted(results):
+                obj, lg, coords, warn = results[j]
                 warnings += [f"frame {index} object {obj.id}: {w}" for w in warn]
                 if lg is None:
                     continue
