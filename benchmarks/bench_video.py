@@ -156,7 +156,7 @@ def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict
 
 def ours(sam, images, labels, fine_tuned: bool, fit_steps: int, cache_dir: Path) -> dict:
     encoder = Encoder(sam, EmbeddingCache(cache_dir))
-    method = (PerSAMF() if fine_tuned else PerSAM()).bind(sam, encoder)
+    method = (PerSAMF if fine_tuned else PerSAM)(sam, encoder)
     segmenter = VideoSegmenter(method, VideoPolicy(mode="tracked", fit_steps=fit_steps))
     t0 = time.perf_counter()
     objects = segmenter.learn(images[0], labels)

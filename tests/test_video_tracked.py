@@ -35,7 +35,7 @@ def videos(tmp_path_factory):
 
 
 def _run(sam, sequence, policy, method=None):
-    method = method or PerSAM().bind(sam, Encoder(sam))
+    method = method or PerSAM(sam, Encoder(sam))
     segmenter = VideoSegmenter(method, policy)
     labels0, _ = sequence.first
     trace: dict = {}
@@ -119,12 +119,12 @@ def test_persam_f_empty_mixed_mask_falls_back_to_the_best_scored_mask(embedded, 
     """Official quirk: an empty mixed mask takes the step-1 mask of highest score * v0 for the
     box (with v0 = 0, the first mask)."""
     seq = videos.sequence("crossing")
-    base = PerSAM().bind(embedded, Encoder(embedded))
+    base = PerSAM(embedded, Encoder(embedded))
     labels0, _ = seq.first
     objects = VideoSegmenter(base, VideoPolicy(mode="official")).learn(seq.frame(0), labels0)
     for obj in objects:
         obj.weights = np.zeros(3, np.float32)
-    segmenter = VideoSegmenter(PerSAMF().bind(embedded, Encoder(embedded)), VideoPolicy("official"))
+    segmenter = VideoSegmenter(PerSAMF(embedded, Encoder(embedded)), VideoPolicy("official"))
     trace: dict = {}
     out = next(segmenter.run(objects, labels0, [(1, seq.frame(1))], trace=trace))
     assert trace["f01/obj1/step1_fallback"] is True

@@ -31,15 +31,9 @@ from filelock import FileLock
 from PIL import Image
 
 from persam.data.davis import DavisDataset, davis_palette
-from persam.data.synthetic import (
-    _background,
-    _blend,
-    _cached_sprite,
-    _colour_jitter,
-    _full_mask,
-    _warp,
-    split_identities,
-)
+from persam.data.synthetic import split_identities
+from persam.data.synthetic.drawing import blend, cached_sprite, colour_jitter, full_mask, warp
+from persam.data.synthetic.scene import _background
 
 #: Bump whenever the drawn pixels change for the same parameters (forces regeneration).
 VIDEO_GENERATOR_VERSION = 1
@@ -128,7 +122,7 @@ def render_sequence(
     background = _background(rng, h + 2 * pan, w + 2 * pan)
     pan_dir = rng.uniform(0, 2 * math.pi)
     tracks = _tracks(rng, (h, w), n, kind)
-    jitters = [_colour_jitter(rng) for _ in range(n)]
+    jitters = [colour_jitter(rng) for _ in range(n)]
     frames, labels = [], []
     for i in range(num_frames):
         t = i / max(1, num_frames - 1)
@@ -140,11 +134,11 @@ def render_sequence(
             (cx, cy), d, a = track.pose(t)
             if kind == "exit" and k == 0:
                 cx += _exit_offset(t, w, d / 2)
-            placed = _warp(_cached_sprite(ident), (cx, cy), d, a, (h, w))
+            placed = warp(cached_sprite(ident), (cx, cy), d, a, (h, w))
             if placed is None:
                 continue
-            _blend(img, placed, *jitters[k])
-            label[_full_mask(placed, (h, w))] = k + 1
+            blend(img, placed, *jitters[k])
+            label[full_mask(placed, (h, w))] = k + 1
         img += np.float32(2.0) * rng.standard_normal(img.shape, dtype=np.float32)
         frames.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
         labels.append(label)

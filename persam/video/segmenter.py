@@ -175,7 +175,7 @@ class VideoSegmenter:
             torch.as_tensor(high),
             torch.as_tensor(gt),
             logger=logger,
-            trainer_kwargs=getattr(self.method, "trainer_kwargs", None),
+            trainer=self.method.trainer,
             log_name=f"fit/{name}/{obj.id}/loss" if name else f"fit/{obj.id}/loss",
             **options,
         )
