@@ -204,3 +204,23 @@ def test_wandb_offline_run_gets_tables_summary_and_overlay_videos(tmp_path) -> N
     assert any("media/videos/overlays" in f and f.endswith(".gif") for f in files), files
     blob = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"j_mean" in blob and b"f_mean" in blob  # J&F in the run summary
+
+
+@pytest.mark.slow
+def test_video_sweep_and_report(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", "video=official,tracked", "data.num_sequences=1", "data.num_frames=4",
+         "logger=none", "overlays=false", f"hydra.sweep.dir={sweep}"],
+        ROOT,
+        "persam.video",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([str(sweep)], ROOT, "persam.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (sweep / "report.md").read_text()
+    assert "| variant | J&F | J | F | sequences | failed |" in report
+    assert "video=official" in report and "video=tracked" in report
+    assert "## J&F per sequence" in report and "| crossing |" in report
+    rows = (sweep / "report_sequences.csv").read_text().splitlines()
+    assert rows[0].startswith("variant,sequence,status,jf,j_mean,f_mean") and len(rows) == 3
