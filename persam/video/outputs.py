@@ -63,7 +63,8 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 8.0) -> None:
     if not frames:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
+    # Fast octree quantisation to 256 colours (PIL's default for GIF is many times slower).
+    images = [Image.fromarray(f).quantize(256, method=Image.Quantize.FASTOCTREE) for f in frames]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
