@@ -116,7 +116,7 @@ class VideoSegmenter:
         name: str = "",
     ) -> list[VideoObject]:
         """One `VideoObject` per non-zero label of `label_map` (H, W), in label order."""
-        ids = labels_of(label_map)
+        ids = [i for i in labels_of(label_map) if i != 255]  # 255: DAVIS void, not an object
         if not ids:
             raise EmptyObjectError("the first frame's annotation has no object (all background)")
         predictor = self.encoder.set_image(image)
