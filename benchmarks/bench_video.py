@@ -34,12 +34,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
 from persam import location_prior  # noqa: E402
-from persam.backbone import build_sam  # noqa: E402
 from persam.cache import EmbeddingCache  # noqa: E402
+from persam.conf import CONFIG_DIR  # noqa: E402
 from persam.data.synthetic_video import render_sequence  # noqa: E402
 from persam.encoder import Encoder  # noqa: E402
 from persam.method import PerSAM, PerSAMF  # noqa: E402
@@ -61,12 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_sam(arch: str):
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / f"{arch}.yaml"))
-    cfg.pop("_target_")
-    cfg.update(device="cpu", checkpoint=None)
-    if arch == "embedded":
-        cfg["checkpoint"] = str(REPO / "persam" / "weights" / "embedded_sam.pth")
-    return build_sam(**cfg)
+    """The composed `backbone=<arch>` on CPU (ViT-B with random weights: timing only)."""
+    overrides = [f"backbone={arch}", "backbone.device=cpu"]
+    if arch != "embedded":
+        overrides.append("backbone.checkpoint=null")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("video", overrides=overrides).backbone
+    return instantiate(cfg)
 
 
 def sequence(frames: int, objects: int):

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from conftest import iou
 from helpers import ROOT, run_cli
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
 from persam.backbone import build_sam
+from persam.conf import CONFIG_DIR
 from persam.data.davis import DavisDataset
 from persam.encoder import Encoder
 from persam.method import PerSAM, PerSAMF
@@ -47,8 +49,10 @@ CLOSE = {"fore_feat", "weights", "losses"}  # within 1e-4
 
 
 def _embedded_arch() -> dict:
-    cfg = OmegaConf.load(ROOT / "conf" / "backbone" / "embedded.yaml")
-    return {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("_target_",)}
+    """The composed `backbone=embedded` config (base.yaml + embedded.yaml)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("video", overrides=["backbone=embedded"]).backbone
+    return {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
 
 
 def test_embedded_backbone_is_the_video_model_architecture(golden) -> None:

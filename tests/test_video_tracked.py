@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from persam.conf import CONFIG_DIR
 from persam.data.synthetic_video import SyntheticVideoDataset
 from persam.encoder import Encoder
 from persam.method import PerSAM, PerSAMF
@@ -24,9 +24,9 @@ from persam.video.segmenter import (
 
 @pytest.fixture(scope="module")
 def embedded():
-    cfg = OmegaConf.load(ROOT / "conf" / "backbone" / "embedded.yaml")
-    cfg.device = "cpu"
-    return instantiate(cfg)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("video", overrides=["backbone=embedded", "backbone.device=cpu"])
+    return instantiate(cfg.backbone)
 
 
 @pytest.fixture(scope="module")
