@@ -263,8 +263,9 @@ class FitResult:
     and the first expansion), ``compile_seconds`` that of compiling the fused kernel beforehand
     (0 when nothing was compiled, e.g. the Taylor backend or a process that compiled already);
     ``seconds`` the whole call; ``backend`` the implementation actually used (``taylor``,
-    ``compile``, ``eager`` or ``reference``); ``expansions`` the Taylor backend's passes over the
-    pixels.
+    ``compile``, ``eager`` or ``reference``; ``taylor+compile`` / ``taylor+eager`` when a Taylor
+    fit switched to the direct pass after ``MAX_EXPANSIONS`` expansions, its compile time then
+    counted in ``compile_seconds``); ``expansions`` the Taylor backend's passes over the pixels.
     """
 
     weights: np.ndarray
@@ -385,6 +386,8 @@ def fit_scale_weights(
             device = fit_trainer.strategy.root_device
             compile_seconds = loss_fn.warm_up(module.weights.detach().to(device))
             fit_trainer.fit(module, train_dataloaders=loader)
+            # A Taylor fit that switched to the direct pass compiled it mid-way.
+            compile_seconds += getattr(loss_fn.backend, "late_compile_seconds", 0.0)
             fit_seconds = time.perf_counter() - t_start - compile_seconds
         with torch.no_grad():
             final_loss = float(module())
@@ -401,6 +404,8 @@ def fit_scale_weights(
         used = "taylor"
     else:
         used = "eager" if fused == "eager" or not compile_available() else "compile"
+        if backend == "taylor" and impl.expansions > 1:
+            used = f"taylor+{used}"  # switched to the direct pass after `max_expansions`
     return FitResult(
         weights=np.asarray(module.mask_weights, dtype=np.float32),
         losses=losses,

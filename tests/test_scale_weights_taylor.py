@@ -116,7 +116,10 @@ def test_taylor_falls_back_to_the_direct_pass_for_huge_logit_spreads():
     torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_taylor_fit_with_several_expansions_matches_the_official_loop():
+def test_taylor_fit_with_several_expansions_matches_the_official_loop(monkeypatch):
+    import persam.scale_weights_taylor as taylor
+
+    monkeypatch.setattr(taylor, "MAX_EXPANSIONS", 10**6)  # the Taylor model all the way
     logits, gt = _problem(5, 40, 40, 0.3, 1.5, dtype=torch.float32)
     steps, lr = 80, 3e-2
     res = fit_scale_weights(logits, gt, steps=steps, lr=lr)
@@ -135,3 +138,22 @@ def test_taylor_fit_with_several_expansions_matches_the_official_loop():
     ref_w = torch.cat((1 - w.sum(0).unsqueeze(0), w)).detach().flatten().numpy()
     assert np.abs(res.weights - ref_w).max() < 1e-6
     assert np.abs(res.losses - np.array(losses)).max() < 1e-6
+
+
+def test_a_long_walk_switches_to_the_direct_pass_and_keeps_the_official_loss():
+    """After `max_expansions` passes the rest of the fit runs on the direct pass, same values."""
+    logits, gt = _problem(7, 40, 40, 0.3, 1.5)
+    loss_fn = make_loss(logits, gt, backend="taylor", fused="eager")
+    backend = loss_fn.backend
+    backend.max_expansions = 2
+    for k, value in enumerate((0.2, 0.6, 1.0, 1.4)):  # each far outside the last trust box
+        w = torch.full((2, 1), value, dtype=torch.float64, requires_grad=True)
+        loss = loss_fn(w)
+        loss.backward()
+        assert backend.direct == (k >= 2), k
+        assert backend.expansions == min(k + 1, 2)
+        ref_w = w.detach().clone().requires_grad_(True)
+        ref = reference_loss(ref_w, logits, gt)
+        ref.backward()
+        assert abs(loss.item() - ref.item()) < TOL + 1e-12
+        torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-9, atol=1e-11)
