@@ -175,7 +175,7 @@ class HFImageEncoder(nn.Module):
 
 class HFPromptEncoder(nn.Module):
     """`SamPromptEncoder` with SAM's call: points ((B, N, 2) in the resized frame, (B, N)),
-    boxes (B, 4), masks (B, 1, 256, 256) -> sparse (B, N', C), dense (B, C, h, w)."""
+    boxes (B, 4) or (B, 1, 4), masks (B, 1, 256, 256) -> sparse (B, N', C), dense (B, C, h, w)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -193,7 +193,8 @@ class HFPromptEncoder(nn.Module):
         sparse, dense = self.prompt(
             input_points=None if coords is None else coords[:, None],
             input_labels=None if labels is None else labels[:, None],
-            input_boxes=None if boxes is None else boxes[:, None],
+            # SAM's boxes come as (B, 4) or (B, 1, 4); HF's are (B, n_boxes, 4).
+            input_boxes=None if boxes is None else boxes.reshape(boxes.shape[0], -1, 4),
             input_masks=masks,
         )
         if sparse is None:
