@@ -5,6 +5,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 # Backbone extras installed with the project (quick, pure-Python installs from PyPI).
 EXTRAS ?= mobile_sam,hf_sam,efficientvit_sam
+SAM2 ?= 1
 # The test command (README); .ci/run passes the same one explicitly.
 PYTEST ?= python -m pytest -q -rs
 
@@ -12,9 +13,12 @@ PYTEST ?= python -m pytest -q -rs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,demo,$(EXTRAS)]"
+	# SAM 2 (persam[sam2]) builds from source: against this venv's torch, without its CUDA
+	# extension (pip's isolated build would fetch another torch). SAM2=0 skips it.
+	[ "$(SAM2)" = "0" ] || SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation "sam2>=1.1"
 	touch $@
 
 install: $(VENV)/.installed
