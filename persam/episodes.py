@@ -98,8 +98,8 @@ class EpisodeTask:
             image, mask = self.dataset.load(rel, episode.cls)
             images.append(image)
             masks.append(as_annotation(mask))
-        logger = getattr(self.run_logger, "logger", None)
-        target = self.method.learn(images, masks, name=f"episode{episode.name}", logger=logger)
+        # No loss curve per episode (a thousand of them): the fit's result is in the entry.
+        target = self.method.learn(images, masks)
         self._targets[key] = target
         if len(self._targets) > self.max_targets:
             self._targets.popitem(last=False)
@@ -129,6 +129,7 @@ class EpisodeTask:
         }
         if target.mask_weights is not None:
             result["mask_weights"] = [float(w) for w in target.mask_weights]
+            result["final_loss"] = float(target.fit.final_loss)
         return result
 
     def summarise(self, results: dict[str, dict]) -> dict:
