@@ -44,13 +44,17 @@ def segment_object(
 ) -> dict[str, Any]:
     """Segment every image of `obj`; returns its metrics.json entry."""
     warnings = list(obj.warnings)
-    ref_image = read_image(obj.reference_image)
-    ref_mask = read_annotation(obj.reference_annotation, ref_image.shape)
+    refs = obj.references  # the reference stem, and the k - 1 after it when data.shots=k
+    ref_images = {s: read_image(obj.images[s]) for s in refs}
+    ref_masks = [read_annotation(obj.annotations[s], ref_images[s].shape) for s in refs]
+    images, masks = list(ref_images.values()), ref_masks
+    if len(refs) == 1:
+        images, masks = images[0], masks[0]
     lightning_logger = run_logger.logger
-    target = method.learn(ref_image, ref_mask, name=obj.name, logger=lightning_logger)
+    target = method.learn(images, masks, name=obj.name, logger=lightning_logger)
     meter = ObjectMeter()
     for stem, path in obj.images.items():
-        image = ref_image if stem == obj.reference else read_image(path)
+        image = ref_images[stem] if stem in ref_images else read_image(path)
         pred = method.segment(image, target)
         write_mask(run_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
         if overlays:
@@ -58,7 +62,7 @@ def segment_object(
             write_overlay(out, image, pred.mask, pred.coords, pred.labels)
             run_logger.image(f"{obj.name}/{stem}", out)
         warnings += [f"{stem}: {w}" for w in pred.warnings]
-        if stem != obj.reference:
+        if stem not in ref_images:
             ann = obj.annotations[stem]
             if ann.is_file():
                 meter.update(pred.mask, foreground(read_annotation(ann, image.shape)))

@@ -263,3 +263,38 @@ def test_coco_style_bad_input(coco_root, tmp_path):
     bad.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(DataError, match="top level has no 'categories' field"):
         COCO20iDataset(tmp_path, annotations="bad.json")
+
+
+# ------------------------------------------------------------------------------ PerSeg k-shot
+@pytest.mark.slow
+def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_path):
+    from helpers import run_cli
+
+    base = [
+        "method=persam",
+        "backbone=tiny",
+        f"backbone.checkpoint={golden / 'tiny_sam.pth'}",
+        "data=perseg",
+        f"data.root={golden / 'perseg-mini'}",
+        "logger=none",
+        "overlays=false",
+    ]
+    runs = {}
+    for label, extra in (("today", []), ("one", ["data.shots=1"]), ("two", ["data.shots=2"])):
+        out = tmp_path / label
+        proc = run_cli([*base, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[label] = (out, json.loads((out / "metrics.json").read_text()))
+    (today, m0), (one, m1), (_, m2) = runs["today"], runs["one"], runs["two"]
+    assert m1["miou"] == m0["miou"]
+    for obj in GOLDEN_OBJECTS:
+        assert m1["objects"][obj]["iou"] == m0["objects"][obj]["iou"]
+        for nn in ("00", "01", "02"):
+            a = cv2.imread(str(today / "masks" / obj / f"{nn}.png"), -1)
+            b = cv2.imread(str(one / "masks" / obj / f"{nn}.png"), -1)
+            np.testing.assert_array_equal(a, b)
+        # two references (00, 01): only 02 is scored
+        assert m2["objects"][obj]["n_images"] == 1
+    bad = run_cli([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    assert bad.returncode != 0
+    assert "data.shots=3 needs 4" in (bad.stdout + bad.stderr)

@@ -1,7 +1,8 @@
 """PerSeg-layout datasets: `root/Images/<object>/NN.jpg` and `root/Annotations/<object>/NN.png`.
 
-The reference image of each object is `reference` (default `00`); every image of the object,
-the reference included, is segmented, and metrics skip the reference. Bad files raise
+The reference image of each object is `reference` (default `00`); with `shots=k` the k - 1 images
+that follow it (in name order) are references too. Every image of the object, the references
+included, is segmented, and metrics skip the references. Bad files raise
 `DataError` with the file and the fix; stray files (`.DS_Store`, `Thumbs.db`, ...) are skipped
 with a warning.
 """
@@ -77,6 +78,22 @@ class ObjectSet:
     images: dict[str, Path]  # stem -> image path, sorted
     annotations: dict[str, Path]  # stem -> annotation path (may be missing on disk)
     warnings: list[str] = field(default_factory=list)
+    shots: int = 1  # number of reference images (k-shot)
+
+    @property
+    def references(self) -> list[str]:
+        """The k reference stems: `reference`, then the k - 1 images after it in name order."""
+        self.reference_image  # noqa: B018 - raises the clear error when the reference is absent
+        stems = list(self.images)
+        start = stems.index(self.reference)
+        ordered = stems[start:] + stems[:start]
+        if len(ordered) < self.shots + 1:
+            raise DataError(
+                f"Object '{self.name}' has {len(ordered)} image(s): data.shots={self.shots} "
+                f"needs {self.shots + 1} (k references and at least one image to score). Lower "
+                "data.shots or add images."
+            )
+        return ordered[: self.shots]
 
     @property
     def reference_image(self) -> Path:
@@ -99,9 +116,22 @@ class PerSegDataset:
       root: folder holding `Images/` and `Annotations/`.
       reference: stem of the reference image of every object (`00`).
       objects: names of the objects to use (all when None).
+      shots: number of reference images per object (k-shot; 1 is the paper).
     """
 
-    def __init__(self, root: str | Path, reference: str = "00", objects: list[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        reference: str = "00",
+        objects: list[str] | None = None,
+        shots: int = 1,
+    ):
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
+            raise DataError(
+                f"data.shots={shots!r}: the number of reference images must be an integer >= 1 "
+                "(data.shots=1 is the paper's one-shot setting)."
+            )
+        self.shots = shots
         self.root = Path(root).expanduser()
         self.reference = str(reference)
         self.images_dir = self.root / "Images"
@@ -146,4 +176,4 @@ class PerSegDataset:
                 raise DataError(f"Two images named {path.stem} in {folder}; keep one.")
             images[path.stem] = path
         annotations = {stem: self.annotations_dir / name / f"{stem}.png" for stem in images}
-        return ObjectSet(name, self.reference, images, annotations, warnings)
+        return ObjectSet(name, self.reference, images, annotations, warnings, shots=self.shots)

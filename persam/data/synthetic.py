@@ -772,6 +772,7 @@ def synthetic_dataset(
     images_per_object: int = 4,
     reference: str = "00",
     objects: list[str] | None = None,
+    shots: int = 1,
 ):
     """The synthetic split as a `PerSegDataset` (generated under `root` on first use)."""
     from persam.data.perseg import PerSegDataset
@@ -779,4 +780,4 @@ def synthetic_dataset(
     split_root = ensure_synthetic(
         root, split=split, seed=seed, num_objects=num_objects, images_per_object=images_per_object
     )
-    return PerSegDataset(split_root, reference=reference, objects=objects)
+    return PerSegDataset(split_root, reference=reference, objects=objects, shots=shots)
