@@ -1,4 +1,4 @@
-"""The synthetic world (persam/data/synthetic.py) written in the few-shot benchmarks' layouts.
+"""The synthetic world (persam/data/synthetic/) written in the few-shot benchmarks' layouts.
 
 Each class is one held-out identity of the world; each image is one scene of it (224 x 224, on
 clutter, with unlabelled one-off distractors), so everything runs offline:
@@ -12,7 +12,7 @@ clutter, with unlabelled one-off distractors), so everything runs offline:
   images named by `coco_url`, no `file_name`, no `iscrowd`).
 
 `ensure_fewshot_synthetic` writes a layout once under `root/<layout>-<params>/` (into a
-temporary folder renamed into place under a lock, like `ensure_synthetic`).
+temporary folder renamed into place under a lock, like `persam.data.synthetic.ensure_synthetic`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def _scenes(classes: int, images_per_class: int, seed: int):
     for c, ident in enumerate(split_identities("heldout", seed, classes)):
         for k in range(images_per_class):
             rng = np.random.default_rng([7, seed, c, k, GENERATOR_VERSION])
-            image, mask = render_scene(ident, rng, size=SIZE)
-            yield c, class_name(c, ident.family), k, image, mask
+            scene = render_scene(ident, rng, size=SIZE)
+            yield c, class_name(c, ident.family), k, scene.image, scene.mask
 
 
 def _write_jpg(path: Path, image: np.ndarray) -> None:
