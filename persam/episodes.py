@@ -20,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from persam.data.fewshot import Episode, FewShotDataset, as_annotation
+from persam.data.perseg import DataError
+from persam.method import EmptyReferenceMask
 from persam.metrics import episode_areas, fewshot_scores
 from persam.outputs import _atomic_write, write_mask, write_overlay
+from persam.runner import Task
 
 log = logging.getLogger(__name__)
 
 EPISODE_COLUMNS = ["episode", "class", "query", "supports", "iou"]
 
 
-class EpisodeTask:
+class EpisodeTask(Task):
     """Runs the episodes of a `FewShotDataset` with a method (PerSAM / PerSAM-F, any shots).
 
     Args:
@@ -41,7 +44,8 @@ class EpisodeTask:
     """
 
     unit_key = "episodes"
-    columns = ["class", "query", "supports", "iou"]
+    columns = EPISODE_COLUMNS
+    expected_errors = (DataError, EmptyReferenceMask, ValueError, ArithmeticError, OSError)
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class EpisodeTask:
         self.max_targets = max_targets
         self._targets: OrderedDict[tuple, Any] = OrderedDict()
         self.targets_reused = 0
+        self._warned = False
         self.episodes = {e.name: e for e in dataset.episodes()}
         self._save_episode_list()
 
@@ -132,12 +137,17 @@ class EpisodeTask:
             result["final_loss"] = float(target.fit.final_loss)
         return result
 
+    def failed_fields(self, name: str, exc: BaseException) -> dict:
+        e = self.episodes[name]
+        return {"class": e.cls, "query": e.query, "supports": ";".join(e.supports), "iou": None}
+
     def summarise(self, results: dict[str, dict]) -> dict:
         ok = [r for r in results.values() if r.get("status") == "ok"]
         scores = fewshot_scores(ok, self.dataset.classes)
         self._write_csv(results)
         done = len(results) == len(self.episodes)
-        if done and scores["classes_without_episodes"]:
+        if done and scores["classes_without_episodes"] and not self._warned:
+            self._warned = True
             missing = scores["classes_without_episodes"]
             log.warning(
                 "%d class(es) of the fold drew no episode and count 0 in mIoU (as in HSNet): %s. "
@@ -146,6 +156,7 @@ class EpisodeTask:
                 ", ".join(missing[:20]),
             )
         return {
+            "method": self.method.name,
             "benchmark": self.dataset.benchmark,
             "fold": self.dataset.fold,
             "shots": self.dataset.shots,

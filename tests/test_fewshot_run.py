@@ -76,3 +76,71 @@ def test_acceptance_command(fss, tmp_path, shots):
     assert 0.3 < metrics["miou"] < 1.0  # the embedded SAM segments these scenes
     saved = json.loads((out / "episodes.json").read_text())
     assert [e["query"] for e in saved["episodes"]] == [r["query"] for r in rows]
+
+
+@pytest.mark.slow
+def test_persam_f_on_coco_layout_and_bad_input(tmp_path):
+    root = tmp_path / "coco"
+    write_layout(root, "coco20i", classes=8, images_per_class=4, seed=1)
+    base = ["data=coco20i", f"data.root={root}", "logger=none", "overlays=false"]
+    out = tmp_path / "F"
+    proc = run_cli(
+        [
+            *base,
+            "data.fold=1",
+            "data.shots=2",
+            "data.episodes=6",
+            "method=persam_f",
+            "method.scale_weights.steps=40",
+            "method.scale_weights.fused=eager",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fold"] == 1 and metrics["shots"] == 2 and metrics["method"] == "persam_f"
+    assert len(metrics["classes"]) == 2  # 8 categories, 4 folds
+    for entry in metrics["episodes"].values():
+        assert entry["status"] == "ok" and len(entry["mask_weights"]) == 3
+    # bad input: a clear message naming the field or the file, and no traceback
+    for extra, message in (
+        (["data.shots=0"], "data.shots=0"),
+        (["data.fold=4"], "data.fold=4 is out of range"),
+        (["data.annotations=nope.json"], "Annotation file not found"),
+    ):
+        bad = run_cli([*base, *extra, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+        assert bad.returncode == 2, bad.stderr[-2000:]
+        assert message in bad.stdout + bad.stderr
+        assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
+    import shutil
+
+    root = tmp_path / "fss"
+    shutil.copytree(fss, root)
+    cls = (root / "test.txt").read_text().split()[0]
+    (root / cls / "1.png").write_bytes(b"broken")
+    out = tmp_path / "OUT"
+    args = [
+        "data=fss1000",
+        f"data.root={root}",
+        "data.episodes=10",
+        f"data.split_file={root / 'test.txt'}",
+        "logger=none",
+        "overlays=false",
+    ]
+    proc = run_cli([*args, f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    failed = {n: e for n, e in metrics["episodes"].items() if e["status"] == "failed"}
+    assert failed and metrics["n_failed"] == len(failed) < 10
+    for e in failed.values():
+        assert f"{cls}/1.jpg" in [e["query"], *e["supports"].split(";")]
+        assert "Cannot read mask" in e["error"] and f"{cls}/1.png" in e["error"]
+    assert metrics["n_episodes"] == 10 - len(failed)
+    # the saved episode list guards the folder: a different draw is refused
+    again = run_cli([*args, "data.seed=5", "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert again.returncode != 0 and "different episode list" in again.stdout + again.stderr
