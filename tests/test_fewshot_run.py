@@ -144,3 +144,45 @@ def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
     # the saved episode list guards the folder: a different draw is refused
     again = run_cli([*args, "data.seed=5", "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert again.returncode != 0 and "different episode list" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_report_tables_per_fold(tmp_path):
+    root = tmp_path / "coco"
+    write_layout(root, "coco20i", classes=8, images_per_class=3, seed=2)
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            "data=coco20i",
+            f"data.root={root}",
+            "data.fold=0,3",
+            "data.shots=1,2",
+            "data.episodes=4",
+            "logger=none",
+            "overlays=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    assert report.returncode == 0, report.stderr[-3000:]
+    md = (sweep / "report.md").read_text()
+    assert "## Few-shot: mIoU / FB-IoU per fold" in md and "| fold 0 | fold 3 | mean |" in md
+    with open(sweep / "report_fewshot.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["variant"], r["fold"]) for r in rows) == [
+        ("data.shots=1", "0"),
+        ("data.shots=1", "3"),
+        ("data.shots=2", "0"),
+        ("data.shots=2", "3"),
+    ]
+    by = {(r["variant"], r["fold"]): float(r["miou"]) for r in rows}
+    for job in sweep.iterdir():
+        if (job / "metrics.json").is_file():
+            m = json.loads((job / "metrics.json").read_text())
+            assert by[(f"data.shots={m['shots']}", str(m["fold"]))] == pytest.approx(m["miou"])
+    mean = (by[("data.shots=2", "0")] + by[("data.shots=2", "3")]) / 2
+    line = next(ln for ln in md.splitlines() if ln.startswith("| data.shots=2 |"))
+    assert line.split("|")[-2].strip().startswith(f"{100 * mean:.2f} / ")
