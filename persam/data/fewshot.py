@@ -113,7 +113,14 @@ class FewShotDataset:
 
     # -- files -------------------------------------------------------------------------------
     def read_image(self, rel: str) -> np.ndarray:
-        return read_image(self.root / rel)
+        path = self.root / rel
+        if not path.is_file():
+            raise DataError(
+                f"Image not found: {path}. Check data.root (the {self.benchmark} folder"
+                f"{', and data.images' if self.benchmark == 'coco20i' else ''}): the image "
+                "must lie there."
+            )
+        return read_image(path)
 
     def read_mask(self, rel: str, cls: str) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
