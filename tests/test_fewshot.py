@@ -5,6 +5,7 @@ paper, bit for bit), the episodic datasets draw HSNet's episodes from real files
 from __future__ import annotations
 
 import json
+import warnings
 
 import cv2
 import numpy as np
@@ -298,3 +299,28 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
     bad = run_cli([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert bad.returncode != 0
     assert "data.shots=3 needs 4" in (bad.stdout + bad.stderr)
+
+
+# ------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize(
+    "data, kind", [("fss1000", "fss1000"), ("coco20i", "coco20i"), ("lvis92i", "lvis92i")]
+)
+def test_data_configs_build_the_datasets(data, kind, fss_root, coco_root, lvis_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from persam.conf import CONFIG_DIR
+
+    roots = {"fss1000": fss_root, "coco20i": coco_root, "lvis92i": lvis_root}
+    extra = {"fss1000": [f"data.split_file={fss_root / 'test.txt'}"], "coco20i": [], "lvis92i": []}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        real = compose("config", [f"data={data}", f"data.root={roots[data]}", *extra[data]])
+        synthetic = compose("config", [f"data=synthetic_{data}", f"paths.cache_dir={tmp_path}"])
+    for cfg in (real, synthetic):
+        assert cfg.data.shots == 1 and cfg.data.seed == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the synthetic COCO has fewer than 80 categories
+            ds = instantiate(cfg.data)
+        assert ds.benchmark == kind and ds.task.__name__ == "EpisodeTask"
+        _well_formed(ds, ds.episodes()[:20])
+    assert real.data.episodes == 1000
