@@ -70,7 +70,7 @@ def golden_refs(golden):
 def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, golden_refs):
     img, ann = golden_refs
     for cls, kwargs in ((PerSAM, {}), (PerSAMF, {"scale_weights": {"steps": 30}})):
-        method = cls(**kwargs).bind(tiny_sam, Encoder(tiny_sam))
+        method = cls(tiny_sam, Encoder(tiny_sam), **kwargs)
         one = method.learn(img["00"], ann["00"])
         listed = method.learn([img["00"]], [ann["00"]])
         assert listed.shots == 1 and listed.locations is None
@@ -87,8 +87,8 @@ def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, golden_refs):
 
 def test_k_references_pool_their_features(tiny_sam, golden_refs):
     img, ann = golden_refs
-    pixels = PerSAM(shot_pooling="pixels").bind(tiny_sam, Encoder(tiny_sam))
-    images = PerSAM(shot_pooling="images").bind(tiny_sam, Encoder(tiny_sam))
+    pixels = PerSAM(tiny_sam, Encoder(tiny_sam), shot_pooling="pixels")
+    images = PerSAM(tiny_sam, Encoder(tiny_sam), shot_pooling="images")
     one = pixels.learn(img["00"], ann["00"])
     # the same reference twice teaches what it teaches once, under both rules
     for method in (pixels, images):
@@ -109,8 +109,8 @@ def test_k_references_pool_their_features(tiny_sam, golden_refs):
 def test_points_of_each_reference(tiny_sam, golden_refs):
     img, ann = golden_refs
     refs = ([img["00"], img["01"]], [ann["00"], ann["01"]])
-    pooled = PerSAM(shot_points="pooled").bind(tiny_sam, Encoder(tiny_sam))
-    each = PerSAM(shot_points="each").bind(tiny_sam, Encoder(tiny_sam))
+    pooled = PerSAM(tiny_sam, Encoder(tiny_sam), shot_points="pooled")
+    each = PerSAM(tiny_sam, Encoder(tiny_sam), shot_points="each")
     p = pooled.segment(img["00"], pooled.learn(*refs))
     e = each.segment(img["00"], each.learn(*refs))
     assert p.labels.tolist() == [1, 0]
@@ -122,9 +122,7 @@ def test_points_of_each_reference(tiny_sam, golden_refs):
 
 def test_persam_f_fits_all_references_jointly(tiny_sam, golden_refs):
     img, ann = golden_refs
-    method = PerSAMF(scale_weights={"steps": 60, "fused": "eager"}).bind(
-        tiny_sam, Encoder(tiny_sam)
-    )
+    method = PerSAMF(tiny_sam, Encoder(tiny_sam), scale_weights={"steps": 60, "fused": "eager"})
     one = method.learn(img["00"], ann["00"])
     twice = method.learn([img["00"], img["00"]], [ann["00"], ann["00"]])
     # the same reference twice: the joint loss has the same minimiser (dice's +1 smoothing aside)
