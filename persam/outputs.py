@@ -99,3 +99,48 @@ def write_metrics(
             )
 
     _atomic_write(run_dir / "metrics.csv", rows)
+
+
+SCALE_WEIGHTS_FILE = "scale_weights.json"
+
+
+def write_scale_weights(run_dir: Path, weights: dict[str, list[float]]) -> None:
+    """`scale_weights.json`: PerSAM-F's 3 mixing weights per object, `{name: [w0, w1, w2]}`."""
+    _atomic_write(run_dir / SCALE_WEIGHTS_FILE, lambda f: json.dump(weights, f, indent=2))
+
+
+def scale_weights_file(path: str | Path) -> Path:
+    """`path` itself, or the `scale_weights.json` in it when it is a (run) folder."""
+    path = Path(path).expanduser()
+    return path / SCALE_WEIGHTS_FILE if path.is_dir() else path
+
+
+def read_scale_weights(path: str | Path) -> dict[str, list[float]]:
+    """The weights of a `scale_weights.json` (the file, or the run folder that holds it)."""
+    path = scale_weights_file(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"method.scale_weights.load={path}: cannot read it ({exc.strerror}); give a "
+            f"{SCALE_WEIGHTS_FILE} or the PerSAM-F run folder that holds one"
+        ) from exc
+    except ValueError as exc:
+        raise ValueError(f"method.scale_weights.load={path} is not valid JSON: {exc}") from exc
+    bad = (
+        [
+            k
+            for k, v in data.items()
+            if not (
+                isinstance(v, list) and len(v) == 3 and all(isinstance(x, float | int) for x in v)
+            )
+        ]
+        if isinstance(data, dict)
+        else ["<top level>"]
+    )
+    if bad:
+        raise ValueError(
+            f"method.scale_weights.load={path}: expected {{object: [w0, w1, w2]}}, bad entries: "
+            f"{bad[:5]}"
+        )
+    return data

@@ -1,8 +1,7 @@
 """PerSeg-layout datasets: `root/Images/<object>/NN.jpg` and `root/Annotations/<object>/NN.png`.
 
-The reference image of each object is `reference` (default `00`); with `shots=k` the k - 1 images
-that follow it (in name order) are references too. Every image of the object, the references
-included, is segmented, and metrics skip the references. Bad files raise
+The reference image of each object is `reference` (default `00`); every image of the object,
+the reference included, is segmented, and metrics skip the reference. Bad files raise
 `DataError` with the file and the fix; stray files (`.DS_Store`, `Thumbs.db`, ...) are skipped
 with a warning.
 """
@@ -10,7 +9,7 @@ with a warning.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -78,11 +77,12 @@ class ObjectSet:
     images: dict[str, Path]  # stem -> image path, sorted
     annotations: dict[str, Path]  # stem -> annotation path (may be missing on disk)
     warnings: list[str] = field(default_factory=list)
-    shots: int = 1  # number of reference images (k-shot)
+    # `data.reference=all`: every annotated image serves as the reference in turn.
+    all_references: bool = False
+    shots: int = 1  # reference images learned from together (k-shot, `data.shots`)
 
-    @property
-    def references(self) -> list[str]:
-        """The k reference stems: `reference`, then the k - 1 images after it in name order."""
+    def shot_stems(self) -> list[str]:
+        """The k stems learned from together: `reference`, then the k - 1 after it by name."""
         self.reference_image  # noqa: B018 - raises the clear error when the reference is absent
         stems = list(self.images)
         start = stems.index(self.reference)
@@ -94,6 +94,24 @@ class ObjectSet:
                 "data.shots or add images."
             )
         return ordered[: self.shots]
+
+    @property
+    def references(self) -> list[str]:
+        """The reference stems to run: `[reference]`, or every annotated image for `all`."""
+        if not self.all_references:
+            return [self.reference]
+        stems = [s for s in self.images if self.annotations[s].is_file()]
+        if len(stems) < 2:
+            raise DataError(
+                f"object '{self.name}' has {len(stems)} annotated image(s); data.reference=all "
+                f"needs at least 2 (one reference and one image to score). Add images or use a "
+                f"single reference (data.reference=00)."
+            )
+        return stems
+
+    def with_reference(self, stem: str) -> ObjectSet:
+        """This object with `stem` as its (single) reference."""
+        return replace(self, reference=stem, all_references=False)
 
     @property
     def reference_image(self) -> Path:
@@ -114,9 +132,15 @@ class PerSegDataset:
 
     Args:
       root: folder holding `Images/` and `Annotations/`.
-      reference: stem of the reference image of every object (`00`).
+      reference: stem of the reference image of every object (`00`), or `all`: every annotated
+        image of an object in turn.
       objects: names of the objects to use (all when None).
-      shots: number of reference images per object (k-shot; 1 is the paper).
+      shots: reference images learned from together (k-shot; 1 is the paper): `reference`
+        and the k - 1 images after it in name order; metrics skip all k.
+      instances_root: folder of ground-truth instance maps, `<object>/<stem>.png` (indexed PNGs);
+        None: the connected components of the annotations.
+      reference_perturbation / perturbation_amount: degrade the reference mask
+        (`persam.data.perturb`: none, erode, dilate, shift, noise, box).
     """
 
     def __init__(
@@ -124,16 +148,31 @@ class PerSegDataset:
         root: str | Path,
         reference: str = "00",
         objects: list[str] | None = None,
+        instances_root: str | Path | None = None,
+        reference_perturbation: str = "none",
+        perturbation_amount: float = 0.1,
         shots: int = 1,
     ):
+        from persam.data.perturb import check_perturbation
+
         if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
             raise DataError(
                 f"data.shots={shots!r}: the number of reference images must be an integer >= 1 "
                 "(data.shots=1 is the paper's one-shot setting)."
             )
         self.shots = shots
+
         self.root = Path(root).expanduser()
         self.reference = str(reference)
+        self.instances_root = None if instances_root is None else Path(instances_root).expanduser()
+        if self.instances_root is not None and not self.instances_root.is_dir():
+            raise DataError(
+                f"data.instances_root {self.instances_root} is not a folder; it must hold "
+                f"<object>/<stem>.png instance maps, or leave it unset (connected components)."
+            )
+        check_perturbation(reference_perturbation, perturbation_amount)
+        self.reference_perturbation = reference_perturbation
+        self.perturbation_amount = float(perturbation_amount)
         self.images_dir = self.root / "Images"
         self.annotations_dir = self.root / "Annotations"
         if not self.images_dir.is_dir():
@@ -183,4 +222,15 @@ class PerSegDataset:
                 raise DataError(f"Two images named {path.stem} in {folder}; keep one.")
             images[path.stem] = path
         annotations = {stem: self.annotations_dir / name / f"{stem}.png" for stem in images}
+        if self.reference == "all":
+            reference = next(iter(images), "00")
+            return ObjectSet(
+                name,
+                reference,
+                images,
+                annotations,
+                warnings,
+                all_references=True,
+                shots=self.shots,
+            )
         return ObjectSet(name, self.reference, images, annotations, warnings, shots=self.shots)
