@@ -23,7 +23,8 @@ from persam.data.fewshot import Episode, FewShotDataset, as_annotation
 from persam.data.perseg import DataError
 from persam.method import EmptyReferenceMask
 from persam.metrics import episode_areas, fewshot_scores
-from persam.outputs import _atomic_write, write_mask, write_overlay
+from persam.files import atomic_write
+from persam.outputs import write_mask, write_overlay
 from persam.runner import Task
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class EpisodeTask(Task):
                     "data.shots, data.episodes or data.seed). Use a new hydra.run.dir, or "
                     "the settings of the run that wrote it."
                 )
-        _atomic_write(path, lambda f: json.dump(record, f, indent=1))
+        atomic_write(path, lambda f: json.dump(record, f, indent=1))
 
     # -- the runner's Task protocol ----------------------------------------------------------
     def units(self) -> list[str]:
@@ -182,4 +183,4 @@ class EpisodeTask(Task):
                     [name, e.cls, e.query, ";".join(e.supports), "" if iou is None else iou]
                 )
 
-        _atomic_write(self.run_dir / "episodes.csv", rows)
+        atomic_write(self.run_dir / "episodes.csv", rows)

@@ -491,10 +491,11 @@ class PerSAMF(PerSAM):
     def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
         """The weighted multi-scale mask, then the cascaded refinement, for one prompt."""
         high, low = self._multiscale(predictor, target, attn_sim, coords, labels)
-        weights = target.mask_weights
-        mixed_high = (torch.as_tensor(high) * torch.as_tensor(weights)[:, None, None]).sum(0)
+        from persam.scale_weights import mix_masks
+
+        mixed_high = mix_masks(torch.as_tensor(high), target.mask_weights)
         mask = (mixed_high > self.sam.mask_threshold).numpy()
-        mixed_low = (low * weights[:, None, None]).sum(0)[None]
+        mixed_low = mix_masks(low, target.mask_weights)[None]
         refined = cascaded_refinement(
             predictor, coords, labels, mask, mixed_low, steps=self.refine_steps, box_on_first=True
         )

@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from persam.files import atomic_write
+
 OBJECT_COLUMNS = ["object", "status", "iou", "biou", "acc", "n_images", "error"]
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -75,9 +63,7 @@ def write_metrics(
     `columns` come first, in order (the first names the unit); any other scalar or list field
     of the entries follows, sorted.
     """
-    _atomic_write(
-        run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float)
-    )
+    atomic_write(run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float))
     entries = summary.get(unit_key, {})
     extra = sorted(
         {
@@ -98,7 +84,7 @@ def write_metrics(
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
             )
 
-    _atomic_write(run_dir / "metrics.csv", rows)
+    atomic_write(run_dir / "metrics.csv", rows)
 
 
 SCALE_WEIGHTS_FILE = "scale_weights.json"
@@ -106,7 +92,7 @@ SCALE_WEIGHTS_FILE = "scale_weights.json"
 
 def write_scale_weights(run_dir: Path, weights: dict[str, list[float]]) -> None:
     """`scale_weights.json`: PerSAM-F's 3 mixing weights per object, `{name: [w0, w1, w2]}`."""
-    _atomic_write(run_dir / SCALE_WEIGHTS_FILE, lambda f: json.dump(weights, f, indent=2))
+    atomic_write(run_dir / SCALE_WEIGHTS_FILE, lambda f: json.dump(weights, f, indent=2))
 
 
 def scale_weights_file(path: str | Path) -> Path:
