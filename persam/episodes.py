@@ -21,9 +21,9 @@ from typing import Any
 
 from persam.data.fewshot import Episode, FewShotDataset, as_annotation
 from persam.data.perseg import DataError
+from persam.files import atomic_write
 from persam.method import EmptyReferenceMask
 from persam.metrics import episode_areas, fewshot_scores
-from persam.files import atomic_write
 from persam.outputs import write_mask, write_overlay
 from persam.runner import Task
 
