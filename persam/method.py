@@ -201,10 +201,13 @@ class PerSAM:
         images, masks = references(image, mask_rgb)
         feats, grid_masks = [], []
         for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
-            which = "the reference" if len(images) == 1 else f"reference {i + 1} of {len(images)}"
+            # one reference: the one-shot messages; k: which reference is at fault
+            which = "" if len(images) == 1 else f"reference {i + 1} of {len(images)}: "
             if not (mask[..., 0] > 0).any():
                 raise EmptyReferenceMask(
-                    f"{which}: the mask is empty (no pixel with R channel > 0)"
+                    f"{which}the mask is empty (no pixel with R channel > 0)"
+                    if which
+                    else "the reference mask is empty (no pixel with R channel > 0)"
                 )
             predictor = self.encoder.set_image(img)
             grid_mask = location_prior.reference_mask_on_grid(predictor, mask)
@@ -212,8 +215,7 @@ class PerSAM:
                 feats.append(location_prior.target_features(predictor.features, grid_mask))
             except ValueError as exc:
                 raise EmptyReferenceMask(
-                    f"{which}: {exc}: the object is too small to be seen at the encoder's "
-                    "resolution"
+                    f"{which}{exc}: the object is too small to be seen at the encoder's resolution"
                 ) from exc
             grid_masks.append(grid_mask)
         pool = location_prior.pool_references
