@@ -15,6 +15,9 @@ variant by the overrides that differ between jobs, and writes into the sweep fol
 With instance metrics (every run has them) report.md also lists instance precision / recall /
 F1 per variant; with data.reference=all, each object's IoU mean, std, min and max over references.
 
+Video sweeps (`persam.video -m ...`, units = sequences) are reported the same way with J&F,
+J and F per variant and J&F per sequence (`report_sequences.csv`).
+
 Jobs that did not finish (no metrics.json) or that have failed objects are listed, and the
 finished ones are still reported.
 """
@@ -31,6 +34,27 @@ from pathlib import Path
 import yaml
 
 METRICS = ("miou", "mbiou", "macc")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a run's units are and which of its numbers the report shows."""
+
+    unit_key: str  # key of the per-unit entries in metrics.json
+    metrics: tuple[str, ...]  # run-level numbers
+    labels: tuple[str, ...]  # their names in the report
+    unit_metrics: tuple[str, ...]  # per-unit numbers (the first one in the per-unit table)
+
+
+OBJECTS = Kind("objects", METRICS, ("mIoU", "mBIoU", "mAcc"), ("iou", "biou", "acc"))
+SEQUENCES = Kind(
+    "sequences", ("jf", "j_mean", "f_mean"), ("J&F", "J", "F"), ("jf", "j_mean", "f_mean")
+)
+
+
+def kind_of(metrics: dict) -> Kind:
+    """Video runs have `sequences`; image runs `objects`."""
+    return SEQUENCES if "sequences" in metrics else OBJECTS
 
 
 class ReportError(RuntimeError):
@@ -85,7 +109,8 @@ def find_jobs(sweep: Path) -> list[Job]:
         else:
             problems.append("no metrics.json: the job did not finish (see its run.log)")
         if metrics is not None and metrics.get("n_failed"):
-            problems.append(f"failed objects: {', '.join(metrics.get('failed', []))}")
+            unit = kind_of(metrics).unit_key
+            problems.append(f"failed {unit}: {', '.join(metrics.get('failed', []))}")
         jobs.append(Job(folder, _read_overrides(folder), metrics, problems=problems))
     if not jobs:
         raise ReportError(
@@ -120,40 +145,43 @@ def build_report(sweep: Path) -> dict:
         lines = "\n".join(f"  {j.folder.name}: {'; '.join(j.problems)}" for j in jobs)
         raise ReportError(f"No finished runs in {sweep}:\n{lines}")
 
+    kind = kind_of(done[0].metrics)
+    mixed = [j.folder.name for j in done if kind_of(j.metrics) is not kind]
+    if mixed:
+        raise ReportError(
+            f"{sweep} mixes image and video runs ({', '.join(mixed)} differ from "
+            f"{done[0].folder.name}); report them separately."
+        )
+    unit = kind.unit_key
+    singular = unit[:-1]
     rows = [
         {
             "variant": j.name,
             "job": j.folder.name,
-            **{m: j.metrics.get(m) for m in METRICS},
-            "n_objects": j.metrics.get("n_objects"),
+            **{m: j.metrics.get(m) for m in kind.metrics},
+            f"n_{unit}": j.metrics.get(f"n_{unit}", len(j.metrics.get(unit, {}))),
             "n_failed": j.metrics.get("n_failed", 0),
             "method": j.metrics.get("method"),
             "backbone": j.metrics.get("backbone"),
         }
         for j in done
     ]
-    objects = sorted({o for j in done for o in j.metrics.get("objects", {})})
+    objects = sorted({o for j in done for o in j.metrics.get(unit, {})})
     object_rows = []
     for j in done:
-        for name, r in j.metrics.get("objects", {}).items():
-            object_rows.append(
-                {
-                    "variant": j.name,
-                    "object": name,
-                    "status": r.get("status"),
-                    "iou": r.get("iou"),
-                    "biou": r.get("biou"),
-                    "acc": r.get("acc"),
-                    "error": r.get("error"),
-                    "mask_weights": json.dumps(r["mask_weights"]) if "mask_weights" in r else "",
-                }
-            )
+        for name, r in j.metrics.get(unit, {}).items():
+            row = {"variant": j.name, singular: name, "status": r.get("status")}
+            row.update({m: r.get(m) for m in kind.unit_metrics})
+            row["error"] = r.get("error")
+            if kind is OBJECTS:
+                row["mask_weights"] = json.dumps(r["mask_weights"]) if "mask_weights" in r else ""
+            object_rows.append(row)
 
     with open(sweep / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with open(sweep / "report_objects.csv", "w", newline="") as f:
+    with open(sweep / f"report_{unit}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(object_rows[0]) if object_rows else ["variant"])
         writer.writeheader()
         writer.writerows(object_rows)
@@ -161,29 +189,31 @@ def build_report(sweep: Path) -> dict:
     md = [
         f"# Report: {sweep}",
         "",
-        "| variant | mIoU | mBIoU | mAcc | objects | failed |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| variant | {' | '.join(kind.labels)} | {unit} | failed |",
+        "|---|" + "---:|" * (len(kind.metrics) + 2),
     ]
     for r in rows:
-        md.append(
-            f"| {r['variant']} | {_fmt(r['miou'])} | {_fmt(r['mbiou'])} | {_fmt(r['macc'])} "
-            f"| {r['n_objects']} | {r['n_failed']} |"
-        )
+        numbers = " | ".join(_fmt(r[m]) for m in kind.metrics)
+        md.append(f"| {r['variant']} | {numbers} | {r[f'n_{unit}']} | {r['n_failed']} |")
     md += [
         "",
-        "## IoU per object",
+        f"## {kind.labels[0] if kind is SEQUENCES else 'IoU'} per {singular}",
         "",
-        "| object | " + " | ".join(r["variant"] for r in rows) + " |",
+        f"| {singular} | " + " | ".join(r["variant"] for r in rows) + " |",
         "|---|" + "---:|" * len(rows),
     ]
     for obj in objects:
         cells = []
         for j in done:
-            entry = j.metrics.get("objects", {}).get(obj)
+            entry = j.metrics.get(unit, {}).get(obj)
             cells.append(
                 "-"
                 if entry is None
-                else ("failed" if entry.get("status") == "failed" else _fmt(entry.get("iou")))
+                else (
+                    "failed"
+                    if entry.get("status") == "failed"
+                    else _fmt(entry.get(kind.unit_metrics[0]))
+                )
             )
         md.append(f"| {obj} | " + " | ".join(cells) + " |")
     md += _fewshot_section(done, sweep)
@@ -228,13 +258,13 @@ def build_report(sweep: Path) -> dict:
         md += ["", "## Runs with problems", ""]
         md += [f"- `{j.folder.name}` ({j.name}): {'; '.join(j.problems)}" for j in problems]
     (sweep / "report.md").write_text("\n".join(md) + "\n")
-    _bar_chart(rows, sweep / "report.png")
+    _bar_chart(rows, sweep / "report.png", kind)
     return {
         "rows": rows,
         "objects": object_rows,
         "problems": [(j.name, j.problems) for j in problems],
         "files": [
-            sweep / n for n in ("report.md", "report.csv", "report_objects.csv", "report.png")
+            sweep / n for n in ("report.md", "report.csv", f"report_{unit}.csv", "report.png")
         ]
         + written,
     }
@@ -339,7 +369,7 @@ def _reference_plot(jobs: list[Job], path: Path) -> None:
     plt.close(fig)
 
 
-def _bar_chart(rows: list[dict], path: Path) -> None:
+def _bar_chart(rows: list[dict], path: Path, kind: Kind = OBJECTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,7 +379,7 @@ def _bar_chart(rows: list[dict], path: Path) -> None:
     x = np.arange(len(rows))
     width = 0.27
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
-    for i, (metric, label) in enumerate(zip(METRICS, ("mIoU", "mBIoU", "mAcc"), strict=True)):
+    for i, (metric, label) in enumerate(zip(kind.metrics, kind.labels, strict=True)):
         values = [100 * (r[metric] or 0.0) for r in rows]
         ax.bar(x + (i - 1) * width, values, width, label=label)
     ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)

@@ -97,8 +97,10 @@ def build_dataset(cfg: DictConfig):
         raise
 
 
-def run(cfg: DictConfig) -> dict:
-    """Compose -> instantiate -> run the dataset's task; returns the metrics summary."""
+def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
+    """Compose -> instantiate -> run the dataset's task; returns the metrics summary.
+
+    `task_options`: extra keyword arguments of the task (e.g. the video policy)."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -120,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         run_logger=run_logger,
         overlays=cfg.overlays,
+        **(task_options or {}),
     )
     runner = Runner(
         run_dir,
