@@ -155,12 +155,20 @@ class ObjectTask(Task):
         """
         method = self.method
         warnings: list[str] = []
-        ref_image = read_image(obj.reference_image)
-        ref_mask = read_annotation(obj.reference_annotation, ref_image.shape)
         kind, amount = self.perturbation
-        ref_mask = perturb_annotation(ref_mask, kind, amount, obj.name, obj.reference)
+        # the reference, and the k - 1 images after it with data.shots=k (learned together)
+        ref_images = {s: read_image(obj.images[s]) for s in obj.shot_stems()}
+        ref_masks = [
+            perturb_annotation(
+                read_annotation(obj.annotations[s], image.shape), kind, amount, obj.name, s
+            )
+            for s, image in ref_images.items()
+        ]
+        images, masks = list(ref_images.values()), ref_masks
+        if len(images) == 1:
+            images, masks = images[0], masks[0]
         try:
-            target = method.learn(ref_image, ref_mask, name=fit_name, logger=self.run_logger.logger)
+            target = method.learn(images, masks, name=fit_name, logger=self.run_logger.logger)
         except EmptyReferenceMask as exc:
             if kind == "none":
                 raise
@@ -170,7 +178,7 @@ class ObjectTask(Task):
             ) from exc
         meter, instance_meter = ObjectMeter(), InstanceMeter()
         for stem, path in obj.images.items():
-            image = ref_image if stem == obj.reference else read_image(path)
+            image = ref_images[stem] if stem in ref_images else read_image(path)
             pred = method.segment(image, target)
             write_mask(out_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
             instance_map = pred.instance_map()
@@ -180,7 +188,7 @@ class ObjectTask(Task):
                 write_overlay(out, image, pred.mask, pred.coords, pred.labels)
                 self.run_logger.image(f"{obj.name}/{stem}", out)
             warnings += [f"{stem}: {w}" for w in pred.warnings]
-            if stem != obj.reference:
+            if stem not in ref_images:
                 ann = obj.annotations[stem]
                 if ann.is_file():
                     gt = foreground(read_annotation(ann, image.shape))

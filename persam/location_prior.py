@@ -49,6 +49,23 @@ def target_embedding(feats: torch.Tensor, kind: str = "mean") -> torch.Tensor:
     raise ValueError(f"unknown target pooling '{kind}': use mean or max_mean")
 
 
+def pool_references(feats: list[torch.Tensor], kind: str = "mean", over: str = "pixels"):
+    """Pool the target features of k references, [(n_i, C)] -> (C,) (k-shot target embedding).
+
+    `over="pixels"`: the masked cells of all references pooled together, so a reference whose
+    object covers more cells weighs more; `over="images"`: each reference pooled alone by `kind`,
+    then the k embeddings averaged, so every reference weighs the same. With one reference both
+    are exactly `target_embedding(feats[0], kind)`.
+    """
+    if over not in ("pixels", "images"):
+        raise ValueError(f"unknown reference pooling '{over}': use pixels or images")
+    if len(feats) == 1:
+        return target_embedding(feats[0], kind)
+    if over == "pixels":
+        return target_embedding(torch.cat(feats, dim=0), kind)
+    return torch.stack([target_embedding(f, kind) for f in feats]).mean(0)
+
+
 def similarity_map(predictor: SamPredictor, target: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of `target` (C,) with the predictor's features, at original size (H, W).
 

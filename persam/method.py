@@ -1,7 +1,8 @@
 """The two methods of the paper, built from the component modules.
 
 `PerSAM` (training-free, section 3.1) and `PerSAMF` (section 3.2, scale-aware fine-tuning).
-Each learns a `Target` from one reference image and mask, then segments test images:
+Each learns a `Target` from one reference image and mask (or k of them: k-shot, the features
+pooled over all references, PerSAM-F's weights fitted on all k jointly), then segments test images:
 
     encode (cached) -> location prior -> guided, prompted decoder -> cascaded refinement
 
@@ -12,7 +13,7 @@ similarity map is suppressed under each found instance and the next peak prompts
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,20 @@ class EmptyReferenceMask(ValueError):
 
 @dataclass
 class Target:
-    """What one reference image and mask teach: the personalised concept."""
+    """What the reference images and masks teach: the personalised concept.
 
-    embedding: torch.Tensor  # (C,) mean of reference features inside the mask
+    One reference (the paper) or k (k-shot): `embedding` and `location` are pooled over all of
+    them (`PerSAM.shot_pooling`); `locations` keeps each reference's own location feature.
+    """
+
+    embedding: torch.Tensor  # (C,) mean of reference features inside the mask(s)
     location: torch.Tensor  # (C,) pooled feature used for the location prior
-    grid_mask: torch.Tensor  # (h, w) bool, the reference mask on the feature grid
+    grid_mask: torch.Tensor  # (h, w) bool, the (first) reference mask on the feature grid
     mask_weights: np.ndarray | None = None  # (3,) PerSAM-F mixing weights
     fit: Any = None  # PerSAM-F `FitResult`
-    ref_points: np.ndarray | None = None  # PerSAM-F positive point on the reference
+    ref_points: np.ndarray | None = None  # PerSAM-F positive point on the (first) reference
+    shots: int = 1  # number of references
+    locations: torch.Tensor | None = None  # (k, C) each reference's location feature (k > 1)
 
 
 @dataclass
@@ -107,6 +114,11 @@ class PerSAM:
       guided_attention: modulate the decoder's token-to-image attention by the similarity map.
       semantic_prompt: add the target embedding to the decoder's prompt tokens.
       refine_steps: cascaded post-refinement passes, 0, 1 or 2.
+      shot_pooling: with k references, pool the masked features of all `pixels` together or
+        pool each reference alone and average the k `images` (identical for one reference).
+      shot_points: with k references, the location prior's points on a test image come from
+        the `pooled` target (one positive, one negative: as one-shot) or from `each`
+        reference's own feature (up to k positives and k negatives).
       instances: instances per image: 1 (the paper), N, or `auto`. After each instance the
         similarity map is suppressed under its mask and the next peak prompts again (no
         re-encoding). N: at most N prompts; a mask that mostly overlaps the earlier ones (or is
@@ -130,6 +142,8 @@ class PerSAM:
         guided_attention: bool = True,
         semantic_prompt: bool = True,
         refine_steps: int = 2,
+        shot_pooling: str = "pixels",
+        shot_points: str = "pooled",
         instances: int | str = 1,
         instance_threshold: float = 0.9,
         instance_overlap: float = 0.5,
@@ -141,8 +155,14 @@ class PerSAM:
             raise ValueError(
                 f"method.target_pooling must be mean or max_mean, got {target_pooling}"
             )
+        if shot_pooling not in ("pixels", "images"):
+            raise ValueError(f"method.shot_pooling must be pixels or images, got {shot_pooling}")
+        if shot_points not in ("pooled", "each"):
+            raise ValueError(f"method.shot_points must be pooled or each, got {shot_points}")
         self.name = name
         self.target_pooling = target_pooling
+        self.shot_pooling = shot_pooling
+        self.shot_points = shot_points
         self.positive_point = positive_point
         self.negative_point = negative_point
         self.guided_attention = guided_attention
@@ -167,21 +187,49 @@ class PerSAM:
 
     # -- reference -------------------------------------------------------------------------
     @torch.no_grad()
-    def learn(self, image: np.ndarray, mask_rgb: np.ndarray, **_: Any) -> Target:
-        """Target from the reference `image` (H, W, 3) RGB and its annotation `mask_rgb` (H, W, 3)."""
-        if not (mask_rgb[..., 0] > 0).any():
-            raise EmptyReferenceMask("the reference mask is empty (no pixel with R channel > 0)")
-        predictor = self.encoder.set_image(image)
-        grid_mask = location_prior.reference_mask_on_grid(predictor, mask_rgb)
-        try:
-            feats = location_prior.target_features(predictor.features, grid_mask)
-        except ValueError as exc:
-            raise EmptyReferenceMask(
-                f"{exc}: the object is too small to be seen at the encoder's resolution"
-            ) from exc
-        embedding = location_prior.target_embedding(feats, "mean")
-        location = location_prior.target_embedding(feats, self.target_pooling)
-        return Target(embedding=embedding, location=location, grid_mask=grid_mask)
+    def learn(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        mask_rgb: np.ndarray | Sequence[np.ndarray],
+        **_: Any,
+    ) -> Target:
+        """Target from the reference `image` (H, W, 3) RGB and its annotation `mask_rgb` (H, W, 3).
+
+        k-shot: lists of k images and k annotations (each pair of one size); the features inside
+        the k masks are pooled by `shot_pooling`. One image (or a list of one) is the paper.
+        """
+        images, masks = references(image, mask_rgb)
+        feats, grid_masks = [], []
+        for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
+            # one reference: the one-shot messages; k: which reference is at fault
+            which = "" if len(images) == 1 else f"reference {i + 1} of {len(images)}: "
+            if not (mask[..., 0] > 0).any():
+                raise EmptyReferenceMask(
+                    f"{which}the mask is empty (no pixel with R channel > 0)"
+                    if which
+                    else "the reference mask is empty (no pixel with R channel > 0)"
+                )
+            predictor = self.encoder.set_image(img)
+            grid_mask = location_prior.reference_mask_on_grid(predictor, mask)
+            try:
+                feats.append(location_prior.target_features(predictor.features, grid_mask))
+            except ValueError as exc:
+                raise EmptyReferenceMask(
+                    f"{which}{exc}: the object is too small to be seen at the encoder's resolution"
+                ) from exc
+            grid_masks.append(grid_mask)
+        pool = location_prior.pool_references
+        target = Target(
+            embedding=pool(feats, "mean", self.shot_pooling),
+            location=pool(feats, self.target_pooling, self.shot_pooling),
+            grid_mask=grid_masks[0],
+            shots=len(images),
+        )
+        if len(images) > 1:
+            target.locations = torch.stack(
+                [location_prior.target_embedding(f, self.target_pooling) for f in feats]
+            )
+        return target
 
     # -- test image ------------------------------------------------------------------------
     def _locate(self, predictor, target: Target, negative: bool, sim=None, current=None):
@@ -202,10 +250,37 @@ class PerSAM:
         )
         coords = np.concatenate([pos_coords, neg_coords])
         labels = np.concatenate([pos_labels, neg_labels])
+        if self.shot_points == "each" and target.locations is not None and current is sim:
+            # k-shot: the points of every reference (first instance; later ones: pooled)
+            coords, labels = self._points_of_each(predictor, target, negative)
         attn_sim = None
         if self.guided_attention:
             attn_sim = attention_map(current, tuple(predictor.features.shape[-2:]))
         return coords, labels, attn_sim
+
+    def _points_of_each(self, predictor, target: Target, negative: bool):
+        """k-shot `shot_points=each`: every reference's own arg-max (and arg-min), positives
+        first, a point repeated by two references kept once -> coords (N, 2), labels (N,)."""
+        found = [
+            location_prior.select_points(
+                location_prior.similarity_map(predictor, loc),
+                positive=self.positive_point,
+                negative=negative,
+            )
+            for loc in target.locations
+        ]
+        seen, coords, labels = set(), [], []
+        for want in (1, 0):
+            for c, lab in found:
+                for xy, label in zip(c.tolist(), lab.tolist(), strict=True):
+                    if label == want and (tuple(xy), label) not in seen:
+                        seen.add((tuple(xy), label))
+                        coords.append(xy)
+                        labels.append(label)
+        return (
+            np.array(coords, dtype=np.int64).reshape(-1, 2),
+            np.array(labels, dtype=np.int64),
+        )
 
     def _guidance(self, target: Target, attn_sim):
         return self.decoder.guide(
@@ -319,6 +394,8 @@ class PerSAMF(PerSAM):
         guided_attention: bool = False,
         semantic_prompt: bool = False,
         refine_steps: int = 2,
+        shot_pooling: str = "pixels",
+        shot_points: str = "pooled",
         scale_weights: dict | None = None,
         instances: int | str = 1,
         instance_threshold: float = 0.9,
@@ -336,6 +413,8 @@ class PerSAMF(PerSAM):
             guided_attention=guided_attention,
             semantic_prompt=semantic_prompt,
             refine_steps=refine_steps,
+            shot_pooling=shot_pooling,
+            shot_points=shot_points,
             instances=instances,
             instance_threshold=instance_threshold,
             instance_overlap=instance_overlap,
@@ -359,12 +438,23 @@ class PerSAMF(PerSAM):
         return high, low
 
     def learn(
-        self, image: np.ndarray, mask_rgb: np.ndarray, logger: Any = None, name: str | None = None
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        mask_rgb: np.ndarray | Sequence[np.ndarray],
+        logger: Any = None,
+        name: str | None = None,
     ) -> Target:
-        """PerSAM's target, plus the mixing weights fitted to the reference mask."""
+        """PerSAM's target, plus the mixing weights fitted to the reference mask(s).
+
+        k-shot: SAM's three masks are predicted on every reference (prompted by that
+        reference's own location prior) and the two weights are fitted on all k at once: the
+        loss is that of the k references' pixels taken together as one mask (one dice over
+        all of them, the focal term averaged over all of them).
+        """
         from persam.scale_weights import fit_scale_weights
 
-        target = super().learn(image, mask_rgb)
+        images, masks = references(image, mask_rgb)
+        target = super().learn(images, masks)
         if self.saved_weights is not None:
             if name not in self.saved_weights:
                 raise ValueError(
@@ -373,13 +463,22 @@ class PerSAMF(PerSAM):
                 )
             target.mask_weights = np.asarray(self.saved_weights[name], dtype=np.float32)
             return target
+        highs, gts, points = [], [], []
         with torch.no_grad():
-            predictor = self.encoder.set_image(image)
-            coords, labels, attn_sim = self._locate(predictor, target, negative=False)
-            high, _ = self._multiscale(predictor, target, attn_sim, coords, labels)
-        gt = torch.as_tensor(mask_rgb[..., 0] > 0)
+            for img, mask in zip(images, masks, strict=True):
+                predictor = self.encoder.set_image(img)
+                coords, labels, attn_sim = self._locate(predictor, target, negative=False)
+                high, _ = self._multiscale(predictor, target, attn_sim, coords, labels)
+                highs.append(torch.as_tensor(high))
+                gts.append(torch.as_tensor(mask[..., 0] > 0))
+                points.append(coords)
+        if len(highs) == 1:
+            logits, gt = highs[0], gts[0]
+        else:  # the k references side by side as one (3, 1, sum of H_i W_i) image
+            logits = torch.cat([h.reshape(3, 1, -1) for h in highs], dim=2)
+            gt = torch.cat([g.reshape(1, -1) for g in gts], dim=1)
         fit = fit_scale_weights(
-            torch.as_tensor(high),
+            logits,
             gt,
             logger=logger,
             trainer=self.trainer,
@@ -388,7 +487,7 @@ class PerSAMF(PerSAM):
         )
         target.fit = fit
         target.mask_weights = np.asarray(fit.weights, dtype=np.float32)
-        target.ref_points = coords
+        target.ref_points = points[0]
         return target
 
     def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
@@ -406,3 +505,15 @@ class PerSAMF(PerSAM):
         if not mask.any():
             warnings.insert(0, "the mixed (weighted) mask is empty")
         return _Decoded(refined.mask, mask, mixed_low, refined.steps, warnings)
+
+
+def references(image, mask_rgb) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One reference or k: (image, mask) arrays or two lists -> two lists of k arrays."""
+    images = [image] if isinstance(image, np.ndarray) else list(image)
+    masks = [mask_rgb] if isinstance(mask_rgb, np.ndarray) else list(mask_rgb)
+    if not images or len(images) != len(masks):
+        raise ValueError(
+            f"need as many reference masks as reference images (>= 1), got {len(images)} images "
+            f"and {len(masks)} masks"
+        )
+    return images, masks

@@ -7,6 +7,8 @@ variant by the overrides that differ between jobs, and writes into the sweep fol
     report.csv           one row per variant
     report_objects.csv   one row per (variant, object)
     report.png           bar chart of mIoU / mBIoU / mAcc per variant
+    report_fewshot.csv   few-shot runs (episodes): one row per (variant, fold); report.md then
+                         has a table of mIoU / FB-IoU per fold and their mean
     report_references.png  with data.reference=all: per object, the IoU of each reference (the
                          spread of the result over the choice of reference), one panel per variant
 
@@ -214,6 +216,7 @@ def build_report(sweep: Path) -> dict:
                 )
             )
         md.append(f"| {obj} | " + " | ".join(cells) + " |")
+    md += _fewshot_section(done, sweep)
     with_instances = [j for j in done if j.metrics.get("instances")]
     if with_instances:
         md += [
@@ -265,6 +268,65 @@ def build_report(sweep: Path) -> dict:
         ]
         + written,
     }
+
+
+def _fewshot_section(done: list[Job], sweep: Path) -> list[str]:
+    """Few-shot jobs (metrics with `fbiou`): mIoU / FB-IoU per fold, one row per variant (the
+    job's name without its `data.fold=`), and the mean over the folds run."""
+    jobs = [j for j in done if "fbiou" in j.metrics]
+    if not jobs:
+        return []
+    table: dict[str, dict] = {}
+    csv_rows = []
+    for j in jobs:
+        m = j.metrics
+        variant = " ".join(o for o in j.name.split() if not o.startswith("data.fold=")) or "-"
+        fold = "-" if m.get("fold") is None else str(m["fold"])
+        row = table.setdefault(variant, {"benchmark": m.get("benchmark"), "shots": m.get("shots")})
+        row[fold] = (m.get("miou"), m.get("fbiou"))
+        csv_rows.append(
+            {
+                "variant": variant,
+                "benchmark": m.get("benchmark"),
+                "fold": fold,
+                "shots": m.get("shots"),
+                "miou": m.get("miou"),
+                "fbiou": m.get("fbiou"),
+                "n_episodes": m.get("n_episodes"),
+                "complete": m.get("complete"),
+            }
+        )
+    with open(sweep / "report_fewshot.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    folds = sorted({r["fold"] for r in csv_rows}, key=lambda x: (len(x), x))
+    md = [
+        "",
+        "## Few-shot: mIoU / FB-IoU per fold",
+        "",
+        "| variant | benchmark | shots | " + " | ".join(f"fold {f}" for f in folds) + " | mean |",
+        "|---|---|---:|" + "---:|" * (len(folds) + 1),
+    ]
+    for variant, row in table.items():
+        cells, pairs = [], []
+        for f in folds:
+            pair = row.get(f)
+            cells.append("-" if pair is None else f"{_fmt(pair[0])} / {_fmt(pair[1])}")
+            if pair is not None and None not in pair:
+                pairs.append(pair)
+        mean = (
+            "-"
+            if not pairs
+            else f"{_fmt(sum(p[0] for p in pairs) / len(pairs))} / "
+            f"{_fmt(sum(p[1] for p in pairs) / len(pairs))}"
+        )
+        md.append(
+            f"| {variant} | {row['benchmark']} | {row['shots']} | "
+            + " | ".join(cells)
+            + f" | {mean} |"
+        )
+    return md
 
 
 def _by_reference(job: Job) -> dict[str, dict[str, float]]:

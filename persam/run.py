@@ -83,6 +83,20 @@ def build_method(cfg: DictConfig, **runtime):
         raise
 
 
+def build_dataset(cfg: DictConfig):
+    """`cfg.data`; a bad dataset (`DataError`: a missing file, a bad field) stops with its
+    message, which names the file or field and the fix."""
+    from persam.data.perseg import DataError
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, DataError):
+            log.error("%s", exc.__cause__)
+            raise SystemExit(2) from exc
+        raise
+
+
 def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     """Compose -> instantiate -> run the dataset's task; returns the metrics summary.
 
@@ -97,7 +111,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     method = build_method(
         cfg, sam=sam, encoder=Encoder(sam, cache), trainer=instantiate(cfg.trainer)
     )
-    dataset = instantiate(cfg.data)
+    dataset = build_dataset(cfg)
     run_logger = RunLogger(
         instantiate(cfg.logger) if cfg.get("logger") else None, cfg.max_logged_images
     )

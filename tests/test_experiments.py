@@ -30,13 +30,35 @@ TINY = [
     "overlays=false",
     "progress=false",
 ]
+# Few-shot experiments: the synthetic world in the benchmark's layout, two episodes, 2 shots
+# (their sweeps over shots and folds are replaced, as TINY replaces backbones).
+FEWSHOT_LAYOUT = {"fewshot_coco20i": "coco20i", "fewshot_lvis92i": "lvis92i"}
+FEWSHOT_DATA = {
+    "fss1000": ["data.classes=2"],
+    "coco20i": ["data.classes=4", "data.fold=0"],
+    "lvis92i": ["data.classes=10", "data.fold=0"],
+}
+
+
+def _tiny(experiment: str) -> list[str]:
+    if not experiment.startswith("fewshot_"):
+        return TINY
+    layout = FEWSHOT_LAYOUT.get(experiment, "fss1000")
+    return [
+        f"data=synthetic_{layout}",
+        *FEWSHOT_DATA[layout],
+        "data.images_per_class=3",
+        "data.shots=2",
+        "data.episodes=2",
+        *TINY[3:],
+    ]
 
 
 def _expected_jobs(experiment: str) -> list[dict[str, str]]:
     """The sweep's jobs: the experiment's sweeper params, minus those TINY replaces."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    fixed = {o.split("=")[0] for o in TINY}
+    fixed = {o.split("=")[0] for o in _tiny(experiment)}
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items() if k not in fixed}
     return [
         dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())
@@ -47,7 +69,8 @@ def _expected_jobs(experiment: str) -> list[dict[str, str]]:
 def test_experiment_runs_end_to_end(experiment, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", f"experiment={experiment}", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+        ["-m", f"experiment={experiment}", *_tiny(experiment), f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     expected = _expected_jobs(experiment)
@@ -64,7 +87,8 @@ def test_experiment_runs_end_to_end(experiment, tmp_path):
         if params.get("method") == "persam_f" or (
             "method" not in params and metrics["method"] == "persam_f"
         ):
-            assert all("mask_weights" in r for r in metrics["objects"].values())
+            units = metrics.get("objects") or metrics["episodes"]
+            assert all("mask_weights" in r for r in units.values())
 
     report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr[-3000:]

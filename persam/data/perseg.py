@@ -79,6 +79,21 @@ class ObjectSet:
     warnings: list[str] = field(default_factory=list)
     # `data.reference=all`: every annotated image serves as the reference in turn.
     all_references: bool = False
+    shots: int = 1  # reference images learned from together (k-shot, `data.shots`)
+
+    def shot_stems(self) -> list[str]:
+        """The k stems learned from together: `reference`, then the k - 1 after it by name."""
+        self.reference_image  # noqa: B018 - raises the clear error when the reference is absent
+        stems = list(self.images)
+        start = stems.index(self.reference)
+        ordered = stems[start:] + stems[:start]
+        if len(ordered) < self.shots + 1:
+            raise DataError(
+                f"Object '{self.name}' has {len(ordered)} image(s): data.shots={self.shots} "
+                f"needs {self.shots + 1} (k references and at least one image to score). Lower "
+                "data.shots or add images."
+            )
+        return ordered[: self.shots]
 
     @property
     def references(self) -> list[str]:
@@ -120,6 +135,8 @@ class PerSegDataset:
       reference: stem of the reference image of every object (`00`), or `all`: every annotated
         image of an object in turn.
       objects: names of the objects to use (all when None).
+      shots: reference images learned from together (k-shot; 1 is the paper): `reference`
+        and the k - 1 images after it in name order; metrics skip all k.
       instances_root: folder of ground-truth instance maps, `<object>/<stem>.png` (indexed PNGs);
         None: the connected components of the annotations.
       reference_perturbation / perturbation_amount: degrade the reference mask
@@ -134,8 +151,16 @@ class PerSegDataset:
         instances_root: str | Path | None = None,
         reference_perturbation: str = "none",
         perturbation_amount: float = 0.1,
+        shots: int = 1,
     ):
         from persam.data.perturb import check_perturbation
+
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
+            raise DataError(
+                f"data.shots={shots!r}: the number of reference images must be an integer >= 1 "
+                "(data.shots=1 is the paper's one-shot setting)."
+            )
+        self.shots = shots
 
         self.root = Path(root).expanduser()
         self.reference = str(reference)
@@ -199,5 +224,13 @@ class PerSegDataset:
         annotations = {stem: self.annotations_dir / name / f"{stem}.png" for stem in images}
         if self.reference == "all":
             reference = next(iter(images), "00")
-            return ObjectSet(name, reference, images, annotations, warnings, all_references=True)
-        return ObjectSet(name, self.reference, images, annotations, warnings)
+            return ObjectSet(
+                name,
+                reference,
+                images,
+                annotations,
+                warnings,
+                all_references=True,
+                shots=self.shots,
+            )
+        return ObjectSet(name, self.reference, images, annotations, warnings, shots=self.shots)

@@ -232,6 +232,7 @@ def synthetic_dataset(
     instances_root: str | None = None,
     reference_perturbation: str = "none",
     perturbation_amount: float = 0.1,
+    shots: int = 1,
 ):
     """The synthetic split as a `PerSegDataset` (generated under `root` on first use).
 
@@ -257,4 +258,5 @@ def synthetic_dataset(
         instances_root=instances_root,
         reference_perturbation=reference_perturbation,
         perturbation_amount=perturbation_amount,
+        shots=shots,
     )
