@@ -2,7 +2,8 @@
 
 Importing the package registers the OmegaConf resolver ``${persam_weights:NAME}``: the absolute
 path of ``NAME`` inside the installed package's ``weights/`` folder (where the embedded SAM of
-``conf/backbone/embedded.yaml`` is shipped).
+``conf/backbone/embedded.yaml`` is shipped), and stores the config schemas of `persam.schema`
+in Hydra's ConfigStore.
 """
 
 from __future__ import annotations
@@ -27,3 +28,14 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+
+def _register_schemas() -> None:
+    try:
+        from persam.schema import register
+    except ImportError:  # pragma: no cover - hydra is a dependency; stay importable anyway
+        return
+    register()
+
+
+_register_schemas()

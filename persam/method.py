@@ -75,6 +75,7 @@ class PerSAM:
         semantic_prompt: bool = True,
         refine_steps: int = 2,
     ) -> None:
+        target_pooling = getattr(target_pooling, "value", target_pooling)  # schema enum -> str
         if refine_steps not in (0, 1, 2):
             raise ValueError(f"method.refine_steps must be 0, 1 or 2, got {refine_steps}")
         if target_pooling not in ("mean", "max_mean"):
@@ -190,7 +191,10 @@ class PerSAMF(PerSAM):
             semantic_prompt=semantic_prompt,
             refine_steps=refine_steps,
         )
-        self.scale_weights = dict(scale_weights or {})
+        # plain values (the config schema gives `fused` as an enum)
+        self.scale_weights = {
+            k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
+        }
         # Keyword arguments of the fit's Lightning Trainer (the `trainer` config group).
         self.trainer_kwargs: dict = {}
 
