@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from persam.data.perseg import DataError, ObjectSet, foreground, read_annotation, read_image
+from persam.data.perseg import DataError, ObjectSet, foreground
 from persam.loggers import RunLogger
 from persam.method import EmptyReferenceMask, PerSAM, Target
 from persam.metrics import ObjectMeter, mean_over_objects
@@ -43,14 +43,20 @@ def segment_object(
     progress: tqdm | None = None,
 ) -> dict[str, Any]:
     """Segment every image of `obj`; returns its metrics.json entry."""
-    warnings = list(obj.warnings)
-    ref_image = read_image(obj.reference_image)
-    ref_mask = read_annotation(obj.reference_annotation, ref_image.shape)
+    warnings = obj.warnings  # reading warnings land here too (ObjectSet.read_annotation)
+    ref_image = obj.read_image(obj.reference)
+    ref_mask = obj.read_annotation(obj.reference, ref_image.shape)
     lightning_logger = run_logger.logger
-    target = method.learn(ref_image, ref_mask, name=obj.name, logger=lightning_logger)
+    try:
+        target = method.learn(ref_image, ref_mask, name=obj.name, logger=lightning_logger)
+    except EmptyReferenceMask as exc:
+        raise DataError(
+            f"Reference annotation {obj.reference_annotation}: {exc}. Draw a larger mask, or "
+            f"choose another reference image (data.reference=NN)."
+        ) from exc
     meter = ObjectMeter()
-    for stem, path in obj.images.items():
-        image = ref_image if stem == obj.reference else read_image(path)
+    for stem in obj.images:
+        image = ref_image if stem == obj.reference else obj.read_image(stem)
         pred = method.segment(image, target)
         write_mask(run_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
         if overlays:
@@ -59,17 +65,30 @@ def segment_object(
             run_logger.image(f"{obj.name}/{stem}", out)
         warnings += [f"{stem}: {w}" for w in pred.warnings]
         if stem != obj.reference:
-            ann = obj.annotations[stem]
-            if ann.is_file():
-                meter.update(pred.mask, foreground(read_annotation(ann, image.shape)))
+            if obj.annotations[stem].is_file():
+                meter.update(pred.mask, foreground(obj.read_annotation(stem, image.shape)))
             else:
-                msg = f"{stem}: no annotation {ann}; image segmented but not scored"
+                msg = (
+                    f"{stem}: no annotation {obj.annotations[stem]}; image segmented but not "
+                    f"scored. Add the mask PNG to score it."
+                )
                 log.warning(msg)
                 warnings.append(msg)
         if progress is not None:
             progress.update(1)
-    result = {"status": "ok", "error": None, **meter.result(), **_fit_fields(target)}
-    result["warnings"] = warnings
+    if meter.n_images:
+        scores = meter.result()
+    else:
+        scores = {"iou": None, "biou": None, "acc": None, "n_images": 0}
+        msg = (
+            f"object '{obj.name}' has no scorable test image (no image besides the reference "
+            f"{obj.reference} has an annotation): n_images 0, left out of the means. Add test "
+            f"images with masks under Images/{obj.name}/ and Annotations/{obj.name}/."
+        )
+        log.warning(msg)
+        warnings.append(msg)
+    result = {"status": "ok", "error": None, **scores, **_fit_fields(target)}
+    result["warnings"] = list(warnings)
     return result
 
 

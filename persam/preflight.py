@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -77,12 +78,13 @@ def _comparable(cfg: DictConfig) -> dict[str, object]:
 def config_differences(recorded: DictConfig, current: DictConfig) -> list[str]:
     """`key: recorded X, now Y` for every result-changing key that differs."""
     old, new = _comparable(recorded), _comparable(current)
+    absent = object()
+    show = lambda v: "absent" if v is absent else json.dumps(v)  # noqa: E731
     lines = []
     for key in sorted(set(old) | set(new)):
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            lines.append(
-                f"{key}: recorded {old.get(key, '<absent>')}, now {new.get(key, '<absent>')}"
-            )
+        before, now = old.get(key, absent), new.get(key, absent)
+        if before != now:
+            lines.append(f"{key}: recorded {show(before)}, now {show(now)}")
     return lines
 
 

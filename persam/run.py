@@ -29,6 +29,8 @@ from persam.cache import EmbeddingCache
 from persam.encoder import Encoder
 from persam.evaluate import evaluate
 from persam.loggers import RunLogger, build_logger
+from persam.preflight import PreflightError, check_device, claim_run_dir, resume_argv
+from persam.schema import ConfigError, check_config, check_overrides
 
 log = logging.getLogger("persam.run")
 
@@ -76,11 +78,28 @@ def build_method(cfg: DictConfig):
         raise
 
 
+def preflight(cfg: DictConfig, run_dir: Path) -> bool:
+    """Config values, GPU, run folder: stop once, before any work; records the config.
+
+    Returns True when an interrupted run in `run_dir` is continued (resume=true).
+    """
+    hc = HydraConfig.get()
+    try:
+        check_overrides(list(hc.overrides.task))
+        check_config(cfg)
+        check_device(cfg)
+        return claim_run_dir(run_dir, cfg, hc)
+    except (ConfigError, PreflightError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
+
+
 def run(cfg: DictConfig) -> dict:
     """Compose -> instantiate -> evaluate; returns the metrics summary."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     group, name, multirun = _job_names()
+    preflight(cfg, run_dir)
 
     try:
         sam = build_backbone(cfg)
@@ -145,9 +164,26 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except KeyboardInterrupt:
+        run_dir = HydraConfig.get().runtime.output_dir
+        log.error(
+            "Interrupted: %s keeps the finished objects (metrics.json marked incomplete); "
+            "finish with: python -m persam.run resume=true hydra.run.dir=%s",
+            run_dir,
+            run_dir,
+        )
+        logging.shutdown()
+        raise SystemExit(130) from None
     return summary["miou"]
 
 
+def cli() -> None:
+    """`python -m persam.run` / `persam-run`: `resume=true hydra.run.dir=DIR` reuses DIR's overrides."""
+    sys.argv[1:] = resume_argv(sys.argv[1:])
+    main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
