@@ -51,6 +51,9 @@ EXIF_MODES = ("error", "apply", "ignore")
 # A reference mask value the official code sees as foreground on the feature grid: the mask is
 # normalised by SAM's pixel mean (red 123.675) before the `> 0` test.
 OFFICIAL_VISIBLE = 124
+# PerSeg's own masks: RGB (128, 0, 0) on the object. A mask the official code would misread is
+# given to the method in this form, so it gives the results of the same mask saved as PerSeg's.
+PERSEG_FOREGROUND = (128, 0, 0)
 
 
 def exif_orientation(path: Path) -> int:
@@ -167,8 +170,8 @@ def read_annotation(
     """RGB uint8 (H, W, 3) annotation whose non-zero pixels are the foreground.
 
     Where the official code (8-bit decode, red channel) sees the same mask, its reading is
-    returned unchanged (so results match the official ones); otherwise the foreground as a
-    white-on-black mask, with a warning naming the file appended to `warnings`. EXIF
+    returned unchanged (so results match the official ones); otherwise the foreground in
+    PerSeg's own form (red 128), with a warning naming the file appended to `warnings`. EXIF
     orientation: the mask is turned as its image is (`exif="apply"`, the image's tag at
     `image_path`, or the mask's own), left as stored (`ignore`), or a tag is refused (`error`).
     A reference mask that is empty raises `DataError`. Raises `DataError` if missing or not
@@ -222,7 +225,9 @@ def read_annotation(
         )
     log.warning(msg)
     notes.append(msg)
-    return np.repeat(fg[..., None], 3, axis=-1).astype(np.uint8) * 255
+    canonical = np.zeros((*fg.shape, 3), np.uint8)
+    canonical[fg] = PERSEG_FOREGROUND
+    return canonical
 
 
 def foreground(mask_rgb: np.ndarray) -> np.ndarray:
