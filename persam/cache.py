@@ -126,7 +126,7 @@ class EmbeddingCache:
             self.writable = False
             log.warning(
                 "Embedding cache folder %s is not writable (%s: %s); going on without caching. "
-                "Fix its permissions, point PERSAM_CACHE_DIR (or cache.dir=) at a writable "
+                "Fix its permissions, point PERSAM_CACHE_DIR (or cache.root=) at a writable "
                 "folder, or pass cache.enabled=false.",
                 self.root,
                 type(exc).__name__,

@@ -1,23 +1,23 @@
-"""One run: for every object, learn from its reference, segment its images, score, write, log.
+"""The PerSeg task: for every object, learn from its reference, segment its images, score, write.
 
-Failures are per object: a bad file, an empty reference mask or a failed fit marks that object
-`failed` (with the error) in metrics.json and the run goes on with the next object.
+One unit of the runner (`persam.runner`) is one object. Its entry in metrics.json holds the
+object's IoU, boundary IoU and accuracy over its test images (the reference excluded), its
+warnings and, for PerSAM-F, the fitted weights. A bad file, an empty reference mask or a failed
+fit fails that object alone (the runner records the error and goes on).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from persam.data.perseg import DataError, ObjectSet, foreground
 from persam.loggers import RunLogger
 from persam.method import EmptyReferenceMask, PerSAM, Target
 from persam.metrics import ObjectMeter, mean_over_objects
-from persam.outputs import OBJECT_COLUMNS, write_mask, write_metrics, write_overlay
+from persam.outputs import OBJECT_COLUMNS, write_mask, write_overlay
+from persam.runner import Task
 
 log = logging.getLogger(__name__)
 
@@ -34,122 +34,103 @@ def _fit_fields(target: Target) -> dict[str, Any]:
     }
 
 
-def segment_object(
-    method: PerSAM,
-    obj: ObjectSet,
-    run_dir: Path,
-    run_logger: RunLogger,
-    overlays: bool = True,
-    progress: tqdm | None = None,
-) -> dict[str, Any]:
-    """Segment every image of `obj`; returns its metrics.json entry."""
-    warnings = obj.warnings  # reading warnings land here too (ObjectSet.read_annotation)
-    ref_image = obj.read_image(obj.reference)
-    ref_mask = obj.read_annotation(obj.reference, ref_image.shape)
-    lightning_logger = run_logger.logger
-    try:
-        target = method.learn(ref_image, ref_mask, name=obj.name, logger=lightning_logger)
-    except EmptyReferenceMask as exc:
-        raise DataError(
-            f"Reference annotation {obj.reference_annotation}: {exc}. Draw a larger mask, or "
-            f"choose another reference image (data.reference=NN)."
-        ) from exc
-    meter = ObjectMeter()
-    for stem in obj.images:
-        image = ref_image if stem == obj.reference else obj.read_image(stem)
-        pred = method.segment(image, target)
-        write_mask(run_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
-        if overlays:
-            out = run_dir / "overlays" / obj.name / f"{stem}.jpg"
-            write_overlay(out, image, pred.mask, pred.coords, pred.labels)
-            run_logger.image(f"{obj.name}/{stem}", out)
-        warnings += [f"{stem}: {w}" for w in pred.warnings]
-        if stem != obj.reference:
-            if obj.annotations[stem].is_file():
-                meter.update(pred.mask, foreground(obj.read_annotation(stem, image.shape)))
-            else:
-                msg = (
-                    f"{stem}: no annotation {obj.annotations[stem]}; image segmented but not "
-                    f"scored. Add the mask PNG to score it."
-                )
-                log.warning(msg)
-                warnings.append(msg)
-        if progress is not None:
-            progress.update(1)
-    if meter.n_images:
-        scores = meter.result()
-    else:
-        scores = {"iou": None, "biou": None, "acc": None, "n_images": 0}
-        msg = (
-            f"object '{obj.name}' has no scorable test image (no image besides the reference "
-            f"{obj.reference} has an annotation): n_images 0, left out of the means. Add test "
-            f"images with masks under Images/{obj.name}/ and Annotations/{obj.name}/."
-        )
-        log.warning(msg)
-        warnings.append(msg)
-    result = {"status": "ok", "error": None, **scores, **_fit_fields(target)}
-    result["warnings"] = list(warnings)
-    return result
+class ObjectTask(Task):
+    """PerSeg-layout objects (PerSeg, the synthetic world): one unit per object.
 
+    Args:
+      method: a built `PerSAM` / `PerSAMF`.
+      dataset: a `PerSegDataset`.
+      run_dir: where masks/<object>/<stem>.png and overlays/ go.
+      run_logger: receives a few overlays.
+      overlays: write an overlay (image, mask, points) per segmented image.
+    """
 
-def evaluate(
-    method: PerSAM,
-    dataset,
-    run_dir: Path,
-    run_logger: RunLogger | None = None,
-    overlays: bool = True,
-    extra: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run `method` over every object of `dataset`; writes and returns the metrics summary."""
-    run_dir = Path(run_dir)
-    run_logger = run_logger or RunLogger(None)
-    objects = list(dataset)
-    summary: dict[str, Any] = {"method": method.name, "objects": {}}
-    summary.update(extra or {})
-    total = sum(len(o.images) for o in objects)
-    bar = tqdm(total=total, desc="images", unit="img", disable=not progress, dynamic_ncols=True)
-    for obj in objects:
-        bar.set_postfix_str(obj.name)
-        start = time.perf_counter()
-        before = bar.n
+    unit_key = "objects"
+    columns = OBJECT_COLUMNS
+    expected_errors = EXPECTED_ERRORS
+
+    def __init__(
+        self,
+        method: PerSAM,
+        dataset,
+        run_dir: str | Path,
+        run_logger: RunLogger | None = None,
+        overlays: bool = True,
+    ) -> None:
+        self.method = method
+        self.dataset = dataset
+        self.run_dir = Path(run_dir)
+        self.run_logger = run_logger or RunLogger(None)
+        self.overlays = overlays
+
+    def units(self) -> list[str]:
+        return list(self.dataset.names)
+
+    def run_unit(self, name: str) -> dict[str, Any]:
+        """Segment every image of object `name`; returns its metrics.json entry."""
+        obj: ObjectSet = self.dataset.object(name)
+        self._current = obj  # its warnings go into the entry even if it fails
+        method, run_dir = self.method, self.run_dir
+        warnings = obj.warnings  # reading warnings land here too (ObjectSet.read_annotation)
+        ref_image = obj.read_image(obj.reference)
+        ref_mask = obj.read_annotation(obj.reference, ref_image.shape)
         try:
-            result = segment_object(method, obj, run_dir, run_logger, overlays, bar)
-        except Exception as exc:  # noqa: BLE001 - one object's failure must not stop the run
-            if not isinstance(exc, EXPECTED_ERRORS):
-                log.exception("Unexpected error on object '%s'", obj.name)
-            log.error("Object '%s' failed: %s", obj.name, exc)
-            bar.update(len(obj.images) - (bar.n - before))
-            result = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "iou": None,
-                "biou": None,
-                "acc": None,
-                "n_images": 0,
-                "warnings": list(obj.warnings),
-            }
-        result["seconds"] = round(time.perf_counter() - start, 3)
-        summary["objects"][obj.name] = result
-        _summarise(summary)
-        write_metrics(run_dir, summary)
-    bar.close()
-    run_logger.finish(
-        summary,
-        OBJECT_COLUMNS[:-1]
-        + (
-            ["mask_weights", "fit_seconds"]
-            if any("mask_weights" in r for r in summary["objects"].values())
-            else []
-        ),
-    )
-    return summary
+            target = method.learn(ref_image, ref_mask, name=obj.name, logger=self.run_logger.logger)
+        except EmptyReferenceMask as exc:
+            raise DataError(
+                f"Reference annotation {obj.reference_annotation}: {exc}. Draw a larger mask, "
+                f"or choose another reference image (data.reference=NN)."
+            ) from exc
+        meter = ObjectMeter()
+        for stem in obj.images:
+            image = ref_image if stem == obj.reference else obj.read_image(stem)
+            pred = method.segment(image, target)
+            write_mask(run_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
+            if self.overlays:
+                out = run_dir / "overlays" / obj.name / f"{stem}.jpg"
+                write_overlay(out, image, pred.mask, pred.coords, pred.labels)
+                self.run_logger.image(f"{obj.name}/{stem}", out)
+            warnings += [f"{stem}: {w}" for w in pred.warnings]
+            if stem != obj.reference:
+                ann = obj.annotations[stem]
+                if ann.is_file():
+                    meter.update(pred.mask, foreground(obj.read_annotation(stem, image.shape)))
+                else:
+                    msg = (
+                        f"{stem}: no annotation {ann}; image segmented but not scored. Add the "
+                        f"mask PNG to score it."
+                    )
+                    log.warning(msg)
+                    warnings.append(msg)
+        if meter.n_images:
+            scores = meter.result()
+        else:
+            scores = {"iou": None, "biou": None, "acc": None, "n_images": 0}
+            msg = (
+                f"object '{obj.name}' has no scorable test image (no image besides the "
+                f"reference {obj.reference} has an annotation): n_images 0, left out of the "
+                f"means. Add test images with masks under Images/{obj.name}/ and "
+                f"Annotations/{obj.name}/."
+            )
+            log.warning(msg)
+            warnings.append(msg)
+        result = {"status": "ok", "error": None, **scores, **_fit_fields(target)}
+        result["warnings"] = list(warnings)
+        return result
 
+    def failed_fields(self, name: str, exc: BaseException) -> dict[str, Any]:
+        current = getattr(self, "_current", None)
+        if current is not None and current.name == name:
+            warnings = list(current.warnings)
+        else:
+            try:
+                warnings = list(self.dataset.object(name).warnings)
+            except DataError:
+                warnings = []
+        return {"iou": None, "biou": None, "acc": None, "n_images": 0, "warnings": warnings}
 
-def _summarise(summary: dict[str, Any]) -> None:
-    ok = [r for r in summary["objects"].values() if r["status"] == "ok" and r["n_images"] > 0]
-    means = mean_over_objects(ok) if ok else {"miou": None, "mbiou": None, "macc": None}
-    summary.update(means)
-    summary["n_objects"] = len(summary["objects"])
-    summary["n_failed"] = sum(r["status"] == "failed" for r in summary["objects"].values())
-    summary["failed"] = [n for n, r in summary["objects"].items() if r["status"] == "failed"]
+    def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """mIoU, mBIoU, mAcc: means over the objects that were scored."""
+        ok = [r for r in results.values() if r["status"] == "ok" and r.get("n_images", 0) > 0]
+        means = mean_over_objects(ok) if ok else {"miou": None, "mbiou": None, "macc": None}
+        return {"method": self.method.name, **means, "n_objects": len(results)}

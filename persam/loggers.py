@@ -1,8 +1,12 @@
-"""Experiment loggers: Lightning's `WandbLogger` (offline by default) or `CSVLogger`, or none.
+"""Experiment loggers: any Lightning logger built from the `logger` config group, or none.
 
-`RunLogger` gives the evaluation loop one small interface over them: per-object results as a
-table, the means in the run summary, a few overlays as images. The PerSAM-F fit passes the
-underlying Lightning logger to its Trainer, so loss curves land in the same run.
+`conf/logger/*.yaml` are Lightning loggers (`WandbLogger`, offline by default, or `CSVLogger`)
+built by `instantiate`; the W&B group and run name come from the config (`${persam_sweep:}`,
+`${persam_job:}`), not from code. `RunLogger` gives a run one small interface over whichever
+was chosen: per-unit results as a table, the run-level metrics in the summary, a few images.
+Loggers that can store tables and images (those with `log_table` / `log_image`, e.g. W&B) get
+them; the others get the numbers as metrics. The PerSAM-F fit passes the same Lightning logger
+to its Trainer, so loss curves land in the same run.
 """
 
 from __future__ import annotations
@@ -11,23 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-
-
-def build_logger(cfg: DictConfig | None, group: str | None = None, name: str | None = None):
-    """Instantiate the `logger` config (None for `logger=none`)."""
-    if cfg is None or not cfg.get("_target_"):
-        return None
-    extra: dict[str, Any] = {}
-    if "Wandb" in cfg._target_:
-        if group:
-            extra["group"] = group
-        if name:
-            extra["name"] = name
-    return instantiate(cfg, **extra)
 
 
 class RunLogger:
@@ -38,10 +28,6 @@ class RunLogger:
         self.max_images = max_images
         self.images: list[tuple[str, Path]] = []
 
-    @property
-    def is_wandb(self) -> bool:
-        return self.logger is not None and type(self.logger).__name__ == "WandbLogger"
-
     def hyperparams(self, cfg: DictConfig) -> None:
         if self.logger is not None:
             self.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
@@ -50,37 +36,47 @@ class RunLogger:
         if len(self.images) < self.max_images:
             self.images.append((caption, path))
 
-    def finish(self, summary: dict, columns: list[str]) -> None:
+    def finish(self, summary: dict, unit_key: str, columns: list[str]) -> None:
+        """Log the units of `summary[unit_key]` as a table and its top-level numbers."""
         if self.logger is None:
             return
-        means = {k: summary[k] for k in ("miou", "mbiou", "macc") if summary.get(k) is not None}
-        rows = [
-            [name] + [_cell(r.get(c)) for c in columns[1:]]
-            for name, r in summary["objects"].items()
-        ]
-        if self.is_wandb:
-            self.logger.log_table(key="objects", columns=columns, data=rows)
-            self.logger.experiment.summary.update(means)
-            if self.images:
+        units = summary.get(unit_key, {})
+        metrics = {
+            k: float(v)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        used = [c for c in columns[1:] if any(c in r for r in units.values())]
+        extra = sorted({k for r in units.values() for k in r if k in _TABLE_EXTRAS})
+        header = [columns[0], *used, *extra]
+        rows = [[name] + [_cell(r.get(c)) for c in header[1:]] for name, r in units.items()]
+        if hasattr(self.logger, "log_table"):
+            self.logger.log_table(key=unit_key, columns=header, data=rows)
+            self.logger.experiment.summary.update(metrics)
+            if self.images and hasattr(self.logger, "log_image"):
                 self.logger.log_image(
                     key="overlays",
                     images=[str(p) for _, p in self.images],
                     caption=[c for c, _ in self.images],
                 )
         else:
-            for step, (name, result) in enumerate(summary["objects"].items()):
+            for step, (name, result) in enumerate(units.items()):
                 numbers = {
                     f"{name}/{k}": float(v)
                     for k, v in result.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)
                 }
                 self.logger.log_metrics(numbers, step=step)
-            self.logger.log_metrics(means, step=len(summary["objects"]))
+            self.logger.log_metrics(metrics, step=len(units))
         self.logger.save()
         self.logger.finalize("success" if summary.get("n_failed", 0) == 0 else "failed")
 
 
-def _cell(value):
+# Per-unit fields shown in the table besides the task's columns (PerSAM-F's fit results).
+_TABLE_EXTRAS = ("mask_weights", "fit_seconds")
+
+
+def _cell(value: Any):
     if isinstance(value, list):
         return str([round(v, 6) if isinstance(v, float) else v for v in value])
     return value

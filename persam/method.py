@@ -8,6 +8,7 @@ Each learns a `Target` from one reference image and mask, then segments test ima
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,9 @@ class PerSAM:
     """Training-free PerSAM; every paper component is one switch.
 
     Args:
+      sam: the frozen SAM backbone (`persam.backbone.build_sam`).
+      encoder: its image encoder with the embedding cache (default: an uncached `Encoder`).
+      trainer: unused by PerSAM; PerSAM-F fits with it (a `lightning.Trainer` factory).
       target_pooling: `mean` (PerSAM) or `max_mean` (PerSAM-F) pooling for the location prior.
       positive_point / negative_point: prompt with the similarity arg-max / arg-min.
       guided_attention: modulate the decoder's token-to-image attention by the similarity map.
@@ -67,6 +71,9 @@ class PerSAM:
 
     def __init__(
         self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
         name: str = "persam",
         target_pooling: str = "mean",
         positive_point: bool = True,
@@ -89,15 +96,10 @@ class PerSAM:
         self.guided_attention = guided_attention
         self.semantic_prompt = semantic_prompt
         self.refine_steps = refine_steps
-        self.sam: Sam | None = None
-        self.encoder: Encoder | None = None
-
-    def bind(self, sam: Sam, encoder: Encoder | None = None) -> PerSAM:
-        """Attach the SAM backbone (and a shared, cached encoder)."""
         self.sam = sam
         self.encoder = encoder or Encoder(sam)
+        self.trainer = trainer
         self.decoder = personalize(sam)
-        return self
 
     # -- reference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -168,11 +170,16 @@ class PerSAMF(PerSAM):
     """PerSAM-F: learn 2 weights mixing SAM's three multi-scale masks on the reference.
 
     Args (besides PerSAM's; the defaults are the paper's):
+      trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
+        fit completes with its steps and logger; None: a CPU Trainer.
       scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, ...).
     """
 
     def __init__(
         self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
         name: str = "persam_f",
         target_pooling: str = "max_mean",
         positive_point: bool = True,
@@ -183,6 +190,9 @@ class PerSAMF(PerSAM):
         scale_weights: dict | None = None,
     ) -> None:
         super().__init__(
+            sam,
+            encoder,
+            trainer,
             name=name,
             target_pooling=target_pooling,
             positive_point=positive_point,
@@ -195,8 +205,6 @@ class PerSAMF(PerSAM):
         self.scale_weights = {
             k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
         }
-        # Keyword arguments of the fit's Lightning Trainer (the `trainer` config group).
-        self.trainer_kwargs: dict = {}
 
     def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
         """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
@@ -222,7 +230,7 @@ class PerSAMF(PerSAM):
             torch.as_tensor(high),
             gt,
             logger=logger,
-            trainer_kwargs=self.trainer_kwargs,
+            trainer=self.trainer,
             log_name=f"fit/{name}/loss" if name else "fit/loss",
             **self.scale_weights,
         )

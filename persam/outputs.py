@@ -64,26 +64,36 @@ def write_overlay(path: Path, image: np.ndarray, mask, coords, labels) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_metrics(run_dir: Path, summary: dict) -> None:
-    """`metrics.json` (the whole summary) and `metrics.csv` (one row per object)."""
+def write_metrics(
+    run_dir: Path,
+    summary: dict,
+    unit_key: str = "objects",
+    columns: list[str] = OBJECT_COLUMNS,
+) -> None:
+    """`metrics.json` (the whole summary) and `metrics.csv` (one row per unit of `unit_key`).
+
+    `columns` come first, in order (the first names the unit); any other scalar or list field
+    of the entries follows, sorted.
+    """
     _atomic_write(
         run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float)
     )
+    entries = summary.get(unit_key, {})
     extra = sorted(
         {
             k
-            for r in summary["objects"].values()
-            for k in r
-            if k not in OBJECT_COLUMNS and k != "warnings"
+            for r in entries.values()
+            for k, v in r.items()
+            if k not in columns and k != "warnings" and not isinstance(v, dict)
         }
     )
-    columns = OBJECT_COLUMNS + extra
+    header = list(columns) + extra
 
     def rows(f):
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         writer.writeheader()
-        for name, result in summary["objects"].items():
-            row = {"object": name, **result}
+        for name, result in entries.items():
+            row = {header[0]: name, **result}
             writer.writerow(
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
             )

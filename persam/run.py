@@ -2,6 +2,9 @@
 
 python -m persam.run method=persam_f data=perseg data.root=/data/PerSeg backbone=vit_h
 python -m persam.run -m method=persam,persam_f          # both methods, side by side
+
+Compose -> instantiate (backbone, cache, method, data, logger) -> run the dataset's task with
+the runner (`persam.runner`) -> return the run's main metric.
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from persam.backbone import CheckpointError
-from persam.cache import EmbeddingCache
+from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
-from persam.evaluate import evaluate
-from persam.loggers import RunLogger, build_logger
+from persam.loggers import RunLogger
 from persam.preflight import PreflightError, check_device, claim_run_dir, resume_argv
+from persam.runner import RunInterrupted, Runner
 from persam.schema import ConfigError, check_config, check_overrides
 
 log = logging.getLogger("persam.run")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # The backbone of the previous job, reused by the next one when its config is the same
 # (jobs of a sweep run one after another in one process with Hydra's basic launcher).
@@ -42,32 +44,34 @@ _BACKBONE: dict[str, object] = {}
 
 
 def build_backbone(cfg: DictConfig):
+    """The SAM of `cfg.backbone` (reused from the previous job when identical)."""
     key = OmegaConf.to_yaml(cfg.backbone, resolve=True)
     if key not in _BACKBONE:
         _BACKBONE.clear()
-        _BACKBONE[key] = instantiate(cfg.backbone)
+        try:
+            _BACKBONE[key] = instantiate(cfg.backbone)
+        except InstantiationException as exc:
+            if isinstance(exc.__cause__, CheckpointError):
+                log.error("%s", exc.__cause__)
+                raise SystemExit(2) from exc
+            raise
     return _BACKBONE[key]
 
 
-def _job_names() -> tuple[str | None, str, bool]:
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    group = Path(hc.sweep.dir).name if multirun else None
-    name = hc.job.override_dirname or hc.job.name
-    return group, name, multirun
-
-
-def build_method(cfg: DictConfig):
-    """Instantiate `cfg.method`; an unknown field is reported with the fields that exist."""
+def build_method(cfg: DictConfig, **runtime):
+    """`cfg.method` with its backbone, encoder and trainer factory (`runtime`); an unknown field
+    is reported with the fields that exist."""
     try:
-        return instantiate(cfg.method)
+        return instantiate(cfg.method, **runtime)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
             import inspect
 
             target = hydra.utils.get_class(cfg.method._target_)
-            fields = [p for p in inspect.signature(target).parameters if p != "self"]
+            fields = [
+                p for p in inspect.signature(target).parameters if p not in ("self", *runtime)
+            ]
             log.error(
                 "method '%s' has no such component (%s). Its fields are: %s.",
                 cfg.method.name,
@@ -79,10 +83,8 @@ def build_method(cfg: DictConfig):
 
 
 def preflight(cfg: DictConfig, run_dir: Path) -> bool:
-    """Config values, GPU, run folder: stop once, before any work; records the config.
-
-    Returns True when an interrupted run in `run_dir` is continued (resume=true).
-    """
+    """Config values, GPU, run folder (persam/preflight.py): stop once, before any work, then
+    record the config in `run_dir/.hydra`. True when an interrupted run there is continued."""
     hc = HydraConfig.get()
     try:
         check_overrides(list(hc.overrides.task))
@@ -95,54 +97,60 @@ def preflight(cfg: DictConfig, run_dir: Path) -> bool:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Compose -> instantiate -> evaluate; returns the metrics summary."""
+    """Compose -> instantiate -> run the dataset's task; returns the metrics summary."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    group, name, multirun = _job_names()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     preflight(cfg, run_dir)
 
-    try:
-        sam = build_backbone(cfg)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, CheckpointError):
-            log.error("%s", exc.__cause__)
-            raise SystemExit(2) from exc
-        raise
+    sam = build_backbone(cfg)
     random_weights = cfg.backbone.get("checkpoint") is None
-    cache = EmbeddingCache(cfg.cache.dir, enabled=cfg.cache.enabled)
-    method = build_method(cfg).bind(sam, Encoder(sam, cache))
-    if cfg.method.get("scale_weights") is not None:
-        method.trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    cache = instantiate(cfg.cache)
+    method = build_method(
+        cfg, sam=sam, encoder=Encoder(sam, cache), trainer=instantiate(cfg.trainer)
+    )
     dataset = instantiate(cfg.data)
-    run_logger = RunLogger(build_logger(cfg.get("logger"), group, name), cfg.max_logged_images)
+    run_logger = RunLogger(
+        instantiate(cfg.logger) if cfg.get("logger") else None, cfg.max_logged_images
+    )
     run_logger.hyperparams(cfg)
-
-    summary = evaluate(
-        method,
-        dataset,
+    task = dataset.task(
+        method=method,
+        dataset=dataset,
+        run_dir=run_dir,
+        run_logger=run_logger,
+        overlays=cfg.overlays,
+    )
+    runner = Runner(
         run_dir,
         run_logger,
-        overlays=cfg.overlays,
+        resume=cfg.resume,
         progress=cfg.progress,
         extra={
             "backbone": cfg.backbone.name,
             "random_weights": random_weights,
             "overrides": list(HydraConfig.get().overrides.task),
         },
+        live=lambda: {"cache": cache.stats.as_dict()},
     )
-    summary["cache"] = cache.stats.as_dict()
-    from persam.outputs import write_metrics
+    try:
+        summary = runner.run(task)
+    except RunInterrupted as exc:
+        log.error("Interrupted: %s. Finish it with resume=true hydra.run.dir=%s", exc, run_dir)
+        raise SystemExit(130) from None
 
-    write_metrics(run_dir, summary)
     log.info("Embedding cache: %d hits, %d misses", cache.stats.hits, cache.stats.misses)
     fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
     log.info(
-        "%s on %d objects: mIoU %s  mBIoU %s  mAcc %s  (%d failed) -> %s",
+        "%s on %d %s: %s  (%d failed) -> %s",
         method.name,
-        summary["n_objects"],
-        fmt(summary["miou"]),
-        fmt(summary["mbiou"]),
-        fmt(summary["macc"]),
+        len(summary["expected"]),
+        task.unit_key,
+        "  ".join(
+            f"{k} {fmt(summary[k])}"
+            for k in ("miou", "mbiou", "macc", "fbiou", "jf")
+            if k in summary
+        ),
         summary["n_failed"],
         run_dir,
     )
@@ -155,7 +163,9 @@ def run(cfg: DictConfig) -> dict:
         )
     if summary["n_failed"]:
         log.error(
-            "Failed objects: %s (see metrics.json for the errors)", ", ".join(summary["failed"])
+            "Failed %s: %s (see metrics.json for the errors)",
+            task.unit_key,
+            ", ".join(summary["failed"]),
         )
         if cfg.strict and not multirun:
             raise SystemExit(1)
@@ -166,21 +176,21 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the runner's loop (it handles its own): one line
         run_dir = HydraConfig.get().runtime.output_dir
         log.error(
-            "Interrupted: %s keeps the finished objects (metrics.json marked incomplete); "
-            "finish with: python -m persam.run resume=true hydra.run.dir=%s",
+            "Interrupted (Ctrl-C) outside the run's loop; whatever was finished is in %s "
+            "(resume=true hydra.run.dir=%s continues it)",
             run_dir,
             run_dir,
         )
-        logging.shutdown()
         raise SystemExit(130) from None
-    return summary["miou"]
+    return summary.get("miou")
 
 
 def cli() -> None:
-    """`python -m persam.run` / `persam-run`: `resume=true hydra.run.dir=DIR` reuses DIR's overrides."""
+    """`python -m persam.run` / `persam-run`; `resume=true hydra.run.dir=DIR` alone continues
+    the run recorded in DIR with its own overrides (`persam.preflight.resume_argv`)."""
     sys.argv[1:] = resume_argv(sys.argv[1:])
     main()
 

@@ -44,6 +44,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import lightning as L
@@ -651,7 +652,7 @@ def fit_scale_weights(
     enable_progress_bar: bool = False,
     quiet: bool = True,
     num_threads: int | None = None,
-    trainer_kwargs: dict | None = None,
+    trainer: Callable[..., L.Trainer] | None = None,
     log_name: str = "loss",
 ) -> FitResult:
     """Fit the PerSAM-F scale weights with a ``lightning.Trainer`` (official schedule).
@@ -660,6 +661,8 @@ def fit_scale_weights(
     weight_decay) + CosineAnnealingLR(T_max=steps) stepped every step, ``steps`` steps, loss =
     dice + sigmoid focal(alpha, gamma) of the mixed logits, via the fused loss+gradient kernel.
     ``logger``: a Lightning logger (CSVLogger, WandbLogger, ...) or None for none.
+    ``trainer``: a ``lightning.Trainer`` factory (the ``trainer`` config group, ``_partial_``)
+    completed here with the fit's steps and logger; None: ``lightning.Trainer`` on ``accelerator``.
     ``num_threads``: ``torch.set_num_threads`` for the duration of the fit (None: unchanged).
     The compiled kernel is parallel only if it was first compiled with >= 2 threads; on a
     machine shared with other busy processes, 1 thread (or ``OMP_WAIT_POLICY=passive`` set
@@ -685,8 +688,6 @@ def fit_scale_weights(
         log_name=log_name,
     )
     kwargs = dict(
-        accelerator=accelerator,
-        devices=1,
         max_steps=steps,
         max_epochs=1,
         logger=logger if logger is not None else False,
@@ -697,16 +698,17 @@ def fit_scale_weights(
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
-    kwargs.update(trainer_kwargs or {})
+    if trainer is None:
+        trainer = partial(L.Trainer, accelerator=accelerator, devices=1)
     loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None)
     threads_before = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
         with _quiet_lightning(quiet):
-            trainer = L.Trainer(**kwargs)
+            fitter = trainer(**kwargs)
             t_fit = time.perf_counter()
-            trainer.fit(module, train_dataloaders=loader)
+            fitter.fit(module, train_dataloaders=loader)
             fit_seconds = time.perf_counter() - t_fit
         with torch.no_grad():
             final_loss = float(module())

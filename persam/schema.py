@@ -106,8 +106,9 @@ class SyntheticSchema:
 # -- run -------------------------------------------------------------------------------------
 @dataclass
 class CacheSchema:
+    _target_: str = "persam.cache.EmbeddingCache"
     enabled: bool = True
-    dir: str = "embeddings"
+    root: str = "embeddings"
 
 
 @dataclass

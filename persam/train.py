@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import persam  # noqa: F401 - registers the ${persam_weights:...} resolver
 from persam.backbone import CheckpointError
-from persam.run import CONFIG_DIR
+from persam.conf import CONFIG_DIR
 from persam.training.memory import (
     TrainingMemoryError,
     check_memory,
@@ -178,11 +178,11 @@ last decoder pass (target); `iou_other`: the same at the last pass for the extra
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Render the scene pool, fit, save the state dict and the record; returns the record."""
+    from hydra.utils import instantiate
     from lightning.pytorch.callbacks import TQDMProgressBar
     from torch.utils.data import DataLoader
 
     from persam.backbone import build_architecture, build_sam, load_checkpoint
-    from persam.loggers import build_logger
     from persam.training.data import DataConfig, PairBatches, render_pool
     from persam.training.module import EmbeddedSamModule
 
@@ -239,13 +239,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("Starting from the weights of %s", init_from)
     del initial
 
-    logger = build_logger(cfg.get("logger"), None, "train")
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     history = History()
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(
-        **trainer_kwargs,
+    trainer_kwargs = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+        if not k.startswith("_")
+    }
+    trainer = instantiate(cfg.trainer)(
         logger=logger if logger is not None else False,
         callbacks=[history, *([TQDMProgressBar(refresh_rate=1)] if cfg.progress else [])],
         enable_progress_bar=bool(cfg.progress),

@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from persam.backbone import CheckpointError, build_sam
-from persam.run import CONFIG_DIR
+from persam.conf import CONFIG_DIR
 
 
 def test_tiny_loads_golden_checkpoint(golden, tiny_arch):

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.method import PerSAM, PerSAMF
-from persam.run import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 
@@ -40,15 +40,37 @@ def test_compose_backbones(backbone):
     assert cfg.backbone._target_ == "persam.backbone.build_sam"
 
 
+@pytest.fixture(scope="module")
+def default_sam():
+    return instantiate(_compose([]).backbone)
+
+
 @pytest.mark.parametrize("method", _options("method"))
 @pytest.mark.parametrize("ablation", [None, *_options("ablation")])
-def test_compose_and_instantiate_methods(method, ablation):
+def test_compose_and_instantiate_methods(method, ablation, default_sam):
     cfg = _compose([f"method={method}"] + ([f"ablation={ablation}"] if ablation else []))
-    obj = instantiate(cfg.method)
+    trainer = instantiate(cfg.trainer)
+    obj = instantiate(cfg.method, sam=default_sam, trainer=trainer)
     assert isinstance(obj, PerSAMF if method == "persam_f" else PerSAM)
+    assert obj.sam is default_sam and obj.trainer is trainer
     if ablation == "c1_positive":
         assert not (obj.negative_point or obj.guided_attention or obj.semantic_prompt)
         assert obj.refine_steps == 0
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_trainer_group_is_a_lightning_trainer_factory(trainer):
+    import functools
+
+    import lightning
+
+    cfg = _compose([f"trainer={trainer}"])
+    factory = instantiate(cfg.trainer)
+    assert isinstance(factory, functools.partial) and factory.func is lightning.Trainer
+    assert factory.keywords["accelerator"] == ("gpu" if trainer == "gpu" else "cpu")
+    if trainer == "cpu":
+        built = factory(max_steps=3, logger=False, enable_checkpointing=False)
+        assert built.max_steps == 3
 
 
 @pytest.mark.parametrize("logger", _options("logger"))

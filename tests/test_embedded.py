@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 import persam
 from persam.backbone import CheckpointError
+from persam.conf import CONFIG_DIR
 from persam.data.synthetic import SPLITS, render_scene, split_identities
 from persam.encoder import Encoder
 from persam.method import PerSAM
-from persam.run import CONFIG_DIR
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "embedded_sam.pth"
@@ -84,12 +84,12 @@ def _scene_pairs():
         rng = np.random.default_rng([SPLITS["heldout"], 1, i, 4242])
         ref = render_scene(ident, rng, distractor_pool=identities)
         test = render_scene(ident, rng, distractor_pool=identities)
-        yield ref, test
+        yield (ref.image, ref.mask), (test.image, test.mask)
 
 
 def test_persam_segments_fresh_heldout_scenes(embedded_sam):
     cfg = _compose("method=persam")
-    method = instantiate(cfg.method).bind(embedded_sam, Encoder(embedded_sam))
+    method = instantiate(cfg.method, sam=embedded_sam, encoder=Encoder(embedded_sam))
     ious = []
     for (ref_img, ref_mask), (img, gt) in _scene_pairs():
         mask_rgb = np.zeros(ref_mask.shape + (3,), np.uint8)
@@ -108,7 +108,7 @@ def test_the_feature_grid_follows_the_architecture(embedded_sam):
         point_coords=np.array([[150, 100]]), point_labels=np.array([1]), multimask_output=True
     )
     assert masks.shape == (3, 200, 300) and low.shape == (3, 64, 64) and scores.shape == (3,)
-    PerSAM().bind(embedded_sam)  # the decoder additions install on this decoder too
+    PerSAM(embedded_sam)  # the decoder additions install on this decoder too
 
 
 def test_a_corrupt_copy_raises_checkpoint_error(tmp_path):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.golden
 
 @pytest.fixture(scope="module")
 def persam(tiny_sam):
-    return PerSAM().bind(tiny_sam, Encoder(tiny_sam))
+    return PerSAM(tiny_sam, Encoder(tiny_sam))
 
 
 @pytest.mark.parametrize("obj", GOLDEN_OBJECTS)

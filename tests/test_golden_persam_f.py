@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.golden, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def persam_f(tiny_sam):
-    return PerSAMF().bind(tiny_sam, Encoder(tiny_sam))
+    return PerSAMF(tiny_sam, Encoder(tiny_sam))
 
 
 @pytest.mark.parametrize("obj", GOLDEN_OBJECTS)

@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.method import PerSAMF
-from persam.run import CONFIG_DIR
 from persam.schema import ConfigError, check_config, check_overrides
 
 
@@ -46,7 +46,9 @@ def test_scale_weights_are_typed_and_reach_the_method_as_plain_values():
     with pytest.raises(ConfigCompositionException, match="fused"):
         _compose(["method=persam_f", "method.scale_weights.fused=jit"])
     cfg = _compose(["method=persam_f", "method.scale_weights.fused=eager"])
-    method = instantiate(cfg.method)
+    method = instantiate(
+        cfg.method, sam=instantiate(cfg.backbone), trainer=instantiate(cfg.trainer)
+    )
     assert isinstance(method, PerSAMF)
     assert method.scale_weights["fused"] == "eager" and type(method.scale_weights["fused"]) is str
     assert method.target_pooling == "max_mean" and type(method.target_pooling) is str

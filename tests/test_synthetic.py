@@ -121,9 +121,11 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> N
 
 def test_render_scene_in_memory_is_deterministic() -> None:
     ident = make_identity(12345)
-    img1, mask1 = render_scene(ident, np.random.default_rng(7), size=(300, 500))
-    img2, mask2 = render_scene(ident, np.random.default_rng(7), size=(300, 500))
-    img3, _ = render_scene(ident, np.random.default_rng(8), size=(300, 500))
+    one = render_scene(ident, np.random.default_rng(7), size=(300, 500))
+    two = render_scene(ident, np.random.default_rng(7), size=(300, 500))
+    other = render_scene(ident, np.random.default_rng(8), size=(300, 500))
+    img1, mask1, img2, mask2, img3 = one.image, one.mask, two.image, two.mask, other.image
+    assert one.labels is None  # only drawn when asked for
     assert img1.shape == (300, 500, 3) and img1.dtype == np.uint8
     assert mask1.shape == (300, 500) and mask1.dtype == bool
     assert 0 < mask1.sum() < mask1.size
@@ -136,26 +138,27 @@ def test_distractor_labels_draw_the_same_scene() -> None:
     ident = make_identity(12345)
     pool = [make_identity(s) for s in (11, 22, 33)]
     for seed in range(5):
-        img, mask = render_scene(
+        plain = render_scene(
             ident, np.random.default_rng(seed), size=(300, 400), distractor_pool=pool
         )
-        img2, mask2, labels = render_scene(
+        labelled = render_scene(
             ident,
             np.random.default_rng(seed),
             size=(300, 400),
             distractor_pool=pool,
             distractor_labels=True,
         )
-        np.testing.assert_array_equal(img, img2)
-        np.testing.assert_array_equal(mask, mask2)
+        np.testing.assert_array_equal(plain.image, labelled.image)
+        np.testing.assert_array_equal(plain.mask, labelled.mask)
+        mask, labels = labelled.mask, labelled.labels
         assert labels.shape == mask.shape and labels.dtype == np.uint8
         assert not (labels[mask] > 0).any()  # the target covers the distractors behind it
         assert set(np.unique(labels)) <= set(range(5))
         assert (labels > 0).sum() > 0
-    *_, none = render_scene(
+    none = render_scene(
         ident, np.random.default_rng(0), size=(300, 400), distractors=0, distractor_labels=True
     )
-    assert not none.any()
+    assert not none.labels.any()
 
 
 def test_make_identity_is_deterministic() -> None:
@@ -172,10 +175,10 @@ def test_occluders_hide_at_most_max_occlusion() -> None:
     ident = make_identity(5, family="blob")
     occluded_any = False
     for s in range(8):
-        _, full = render_scene(ident, np.random.default_rng(s), size=(400, 600), max_occluders=0)
-        _, visible = render_scene(
+        full = render_scene(ident, np.random.default_rng(s), size=(400, 600), max_occluders=0).mask
+        visible = render_scene(
             ident, np.random.default_rng(s), size=(400, 600), max_occluders=2, max_occlusion=0.15
-        )
+        ).mask
         assert not (visible & ~full).any()
         assert visible.sum() >= 0.85 * full.sum()
         occluded_any |= bool(visible.sum() < full.sum())

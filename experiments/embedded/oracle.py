@@ -31,12 +31,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from persam.conf import CONFIG_DIR
 from persam.data.perseg import foreground, read_annotation, read_image
 from persam.encoder import Encoder
 from persam.method import PerSAM
 from persam.metrics import ObjectMeter, mean_over_objects
 from persam.refine import cascaded_refinement, mask_box
-from persam.run import CONFIG_DIR
 
 VARIANTS = ("point", "point_refined", "box")
 
@@ -55,7 +55,7 @@ def oracle(overrides: list[str]) -> dict:
     torch.manual_seed(cfg.seed)
     sam = instantiate(cfg.backbone)
     encoder = Encoder(sam)
-    persam = PerSAM().bind(sam, encoder)
+    persam = PerSAM(sam, encoder)
     dataset = instantiate(cfg.data)
     meters = {v: {} for v in VARIANTS}
     hits: dict[str, list[bool]] = {}

@@ -317,6 +317,13 @@ class PerSegDataset:
             raise DataError(f"No object folders in {self.images_dir}.")
         self.names = available
 
+    @property
+    def task(self):
+        """The runner's task for this dataset: one unit per object (`persam.evaluate`)."""
+        from persam.evaluate import ObjectTask
+
+        return ObjectTask
+
     def __len__(self) -> int:
         return len(self.names)
 

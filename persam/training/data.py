@@ -26,11 +26,16 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import IterableDataset
 
 from persam.backbone import PIXEL_MEAN, PIXEL_STD
-from persam.data.synthetic import SPLITS, Identity, render_scene, split_identities
+from persam.data.synthetic import (
+    JPEG_QUALITY,
+    SPLITS,
+    Identity,
+    Scene,
+    render_scene,
+    split_identities,
+)
 
 log = logging.getLogger(__name__)
-
-_JPEG_QUALITY = 95  # as the on-disk synthetic splits
 
 
 @dataclass(frozen=True)
@@ -45,22 +50,17 @@ class DataConfig:
     workers: int = 2
 
 
-@dataclass
-class Scene:
-    image: np.ndarray  # (h, w, 3) uint8, resized so that max(h, w) == image_size
-    mask: np.ndarray  # (h, w) bool
-    labels: np.ndarray  # (h, w) uint8: k > 0 on the visible pixels of distractor k
-
-
 def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, int]) -> Scene:
+    """A train scene, JPEG round-tripped as on disk and resized so max(h, w) == image_size."""
     identity, world, seed, index, k, image_size, distractors = task
     # (split code, dataset seed, identity index, scene index): disjoint from the on-disk splits,
     # whose Generators are seeded with 5 entries.
     rng = np.random.default_rng([SPLITS["train"], seed, index, k])
-    image, mask, labels = render_scene(
+    scene = render_scene(
         identity, rng, distractors=distractors, distractor_pool=world, distractor_labels=True
     )
-    ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    image, mask, labels = scene.image, scene.mask, scene.labels
+    ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise OSError("cv2.imencode failed")
     image = cv2.imdecode(jpg, cv2.IMREAD_COLOR)[..., ::-1]

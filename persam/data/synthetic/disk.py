@@ -1,0 +1,186 @@
+"""The synthetic splits on disk, in the PerSeg folder layout (generated once, then reused).
+
+:func:`ensure_synthetic` writes ``root/<split>/Images/<obj>/NN.jpg`` and
+``root/<split>/Annotations/<obj>/NN.png`` (PerSeg convention) plus a manifest, so the product
+runs with no download; :func:`synthetic_dataset` serves a split as a ``PerSegDataset``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from filelock import FileLock
+
+from persam.data.synthetic.identities import SPLITS, Identity, split_identities
+from persam.data.synthetic.scene import render_scene
+
+__all__ = ["GENERATOR_VERSION", "JPEG_QUALITY", "ensure_synthetic", "synthetic_dataset"]
+
+#: Bump whenever the drawn pixels change for the same parameters (forces regeneration).
+GENERATOR_VERSION = 1
+JPEG_QUALITY = 95
+_FG_BGR = (0, 0, 128)  # PerSeg annotation foreground, as written by cv2 (BGR)
+
+
+def _params(split: str, seed: int, num_objects: int, images_per_object: int) -> dict:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "split": split,
+        "seed": seed,
+        "num_objects": num_objects,
+        "images_per_object": images_per_object,
+    }
+
+
+def _object_name(index: int, identity: Identity) -> str:
+    return f"obj{index:02d}_{identity.family}"
+
+
+def _is_complete(split_dir: Path, params: dict) -> bool:
+    try:
+        manifest = json.loads((split_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("params") != params:
+        return False
+    n = params["images_per_object"]
+    objects = manifest.get("objects", [])
+    if len(objects) != params["num_objects"]:
+        return False
+    for obj in objects:
+        name = obj["name"]
+        for k in range(n):
+            if not (split_dir / "Images" / name / f"{k:02d}.jpg").is_file():
+                return False
+            if not (split_dir / "Annotations" / name / f"{k:02d}.png").is_file():
+                return False
+    return True
+
+
+def _write_split(
+    out: Path, split: str, seed: int, identities: list[Identity], images_per_object: int
+) -> list[dict]:
+    objects = []
+    for i, ident in enumerate(identities):
+        name = _object_name(i, ident)
+        img_dir, ann_dir = out / "Images" / name, out / "Annotations" / name
+        img_dir.mkdir(parents=True)
+        ann_dir.mkdir(parents=True)
+        for k in range(images_per_object):
+            rng = np.random.default_rng([SPLITS[split], seed, i, k, GENERATOR_VERSION])
+            scene = render_scene(ident, rng, distractor_pool=identities)
+            image, mask = scene.image, scene.mask
+            ok = cv2.imwrite(
+                str(img_dir / f"{k:02d}.jpg"),
+                cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY],
+            )
+            ann = np.zeros(mask.shape + (3,), np.uint8)
+            ann[mask] = _FG_BGR
+            ok = ok and cv2.imwrite(str(ann_dir / f"{k:02d}.png"), ann)
+            if not ok:
+                raise OSError(f"cv2.imwrite failed in {out}")
+        objects.append(
+            {
+                "name": name,
+                "identity_seed": ident.seed,
+                "family": ident.family,
+                "texture": ident.texture,
+                "palette": [list(c) for c in ident.palette],
+            }
+        )
+    return objects
+
+
+def ensure_synthetic(
+    root: str | os.PathLike,
+    split: str = "heldout",
+    seed: int = 0,
+    num_objects: int = 6,
+    images_per_object: int = 4,
+    train_objects: int = 32,
+) -> Path:
+    """Generate the synthetic PerSeg-layout split under ``root`` unless already complete.
+
+    Writes ``root/<split>/Images/<obj>/NN.jpg``, ``root/<split>/Annotations/<obj>/NN.png``
+    (3-channel PNG, background (0,0,0), foreground BGR (0,0,128) i.e. red 128 as in PerSeg) and
+    ``root/<split>/manifest.json`` (generator version, parameters, objects). Objects are named
+    ``objNN_<family>``. The split is regenerated when the manifest is missing, its parameters or
+    generator version differ, or a file is missing. Generation happens in a temporary folder
+    under ``root`` that is renamed into place (under a file lock), so an interrupted or
+    concurrent run never leaves a half-written split behind.
+
+    Args:
+        root: folder holding the splits.
+        split: ``"heldout"`` (evaluation objects) or ``"train"``; their identity seeds come
+            from disjoint ranges, so no identity is shared.
+        seed: dataset seed.
+        num_objects: number of objects of the ``heldout`` split.
+        images_per_object: images (scenes) per object; ``00`` is the usual reference.
+        train_objects: number of objects of the ``train`` split (used instead of
+            ``num_objects`` when ``split == "train"``).
+
+    Returns:
+        The split folder ``root/<split>``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    n_objects = train_objects if split == "train" else num_objects
+    if n_objects < 1 or images_per_object < 1:
+        raise ValueError("need at least one object and one image per object")
+    root = Path(root)
+    split_dir = root / split
+    params = _params(split, seed, n_objects, images_per_object)
+    if _is_complete(split_dir, params):
+        return split_dir
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{split}.lock")):
+        if _is_complete(split_dir, params):  # another process finished meanwhile
+            return split_dir
+        for stale in [*root.glob(f".{split}.tmp-*"), *root.glob(f".{split}.old-*")]:
+            shutil.rmtree(
+                stale, ignore_errors=True
+            )  # left by an interrupted run (we hold the lock)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=root))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the split is meant to be shared
+        try:
+            identities = split_identities(split, seed, n_objects)
+            objects = _write_split(tmp, split, seed, identities, images_per_object)
+            manifest = {"params": params, "objects": objects}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            old = None
+            if split_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{split}.old-", dir=root))
+                os.replace(split_dir, old / split)
+            os.replace(tmp, split_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return split_dir
+
+
+def synthetic_dataset(
+    root: str | os.PathLike,
+    split: str = "heldout",
+    seed: int = 0,
+    num_objects: int = 6,
+    images_per_object: int = 4,
+    reference: str = "00",
+    objects: list[str] | None = None,
+):
+    """The synthetic split as a `PerSegDataset` (generated under `root` on first use)."""
+    from persam.data.perseg import PerSegDataset
+
+    split_root = ensure_synthetic(
+        root, split=split, seed=seed, num_objects=num_objects, images_per_object=images_per_object
+    )
+    return PerSegDataset(split_root, reference=reference, objects=objects)
