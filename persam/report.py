@@ -55,11 +55,26 @@ def _keep(override: str) -> bool:
     return key.split(".", 1)[0] not in IGNORED_KEYS
 
 
+def _canonical(override: str) -> str:
+    """`key=value` as Hydra's sweeper writes it, booleans in lower case (`overlays=false`), so
+    the jobs of a sweep and a job run again by hand compare equal."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        value = parsed.value()
+        text = str(value).lower() if isinstance(value, bool) else parsed.get_value_element_as_str()
+        return f"{parsed.get_key_element()}={text}"
+    except Exception:  # noqa: BLE001 - shown as written
+        return override
+
+
 def _read_overrides(folder: Path) -> list[str]:
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or []) if _keep(str(o))]
+    overrides = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    return [_canonical(o) for o in overrides if _keep(o)]
 
 
 def _incomplete(folder: Path, metrics: dict) -> str:
@@ -91,7 +106,7 @@ def expected_jobs(sweep: Path) -> list[list[str]] | None:
         batches = BasicSweeper.split_arguments(parsed, None)
     except Exception:  # noqa: BLE001 - a sweep we cannot expand is reported from its folders
         return None
-    return [[o for o in job if _keep(o)] for batch in batches for job in batch]
+    return [[_canonical(o) for o in job if _keep(o)] for batch in batches for job in batch]
 
 
 def find_jobs(sweep: Path) -> list[Job]:
