@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -296,3 +297,51 @@ def test_killed_sweep_job_is_reported_incomplete_then_resumed(data, tmp_path):
     problems = md.split("## Runs with problems")[1]
     assert "never started" in problems and "method.refine_steps=2" in problems
     assert "incomplete" not in problems
+
+
+def test_ctrl_c_during_a_persam_f_fit_is_the_same_interruption(data, tmp_path):
+    """Lightning turns Ctrl-C inside `Trainer.fit` into sys.exit(1); the run still stops with
+    its one-line message and an incomplete metrics.json; a resume that changes the config is
+    refused, naming the field."""
+    out = tmp_path / "out"
+    args = [
+        *COMMON,
+        "method=persam_f",
+        "method.scale_weights.fused=eager",
+        "logger=csv",
+        f"data.root={data}",
+        "data.objects=[obj_a]",
+        f"hydra.run.dir={out}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "persam.run", *args, "method.scale_weights.steps=100000000"],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.start()
+    deadline = time.monotonic() + 600
+    while not list((out / "csv").rglob("metrics.csv")):  # the fit has logged its first losses
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=600)
+    reader.join(timeout=60)
+    output = "".join(lines)
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert sum("Interrupted" in line for line in output.splitlines()) == 1
+    metrics = _metrics(out)
+    assert metrics["complete"] is False and metrics["objects"] == {}
+    assert "Interrupted" in (out / "run.log").read_text()
+    # resuming with another configuration is refused, naming the field; nothing is changed
+    before = tree(out)
+    proc = run_cli([*args, "method.scale_weights.steps=5", "resume=true"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "method.scale_weights.steps: recorded 100000000, now 5" in proc.stdout + proc.stderr
+    after = tree(out)
+    assert all(after[p] == b for p, b in before.items() if p != "run.log")
