@@ -6,13 +6,13 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 # The test command (README); .ci/run passes the same one explicitly.
 PYTEST ?= python -m pytest -q -rs
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench demo
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,demo]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,6 +21,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m persam.run
 	$(PY) -m persam.run method=persam_f task_name=persam_f
+
+# The interactive page (persam/demo/) on http://127.0.0.1:$(PORT); Ctrl-C stops it.
+PORT ?= 7860
+demo: install
+	$(PY) -m persam.demo port=$(PORT)
 
 test: install
 	$(VENV)/bin/$(PYTEST)

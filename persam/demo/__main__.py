@@ -1,0 +1,84 @@
+"""`python -m persam.demo` — the interactive page on http://127.0.0.1:7860 (a Hydra app).
+
+python -m persam.demo                          # embedded SAM, offline, port 7860
+python -m persam.demo port=8080 backbone=vit_b backbone.checkpoint=/models/sam_vit_b.pth
+python -m persam.demo start_method=persam_f methods.persam_f.scale_weights.steps=200
+"""
+
+from __future__ import annotations
+
+import os
+
+# As in persam.run (spinning OpenMP threads slow the PerSAM-F fit); before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Gradio: no telemetry, no version check (the page works offline).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from persam.conf import CONFIG_DIR  # noqa: E402
+from persam.encoder import Encoder  # noqa: E402
+from persam.run import build_backbone  # noqa: E402
+
+log = logging.getLogger("persam.demo")
+
+
+def build_demo(cfg: DictConfig, run_dir: Path):
+    """The `Demo` of `cfg` (conf/demo.yaml): backbone, cached encoder, methods, example."""
+    from persam.demo.app import Demo
+
+    if cfg.start_method not in cfg.methods:
+        raise SystemExit(
+            f"start_method={cfg.start_method} is not one of the methods ({', '.join(cfg.methods)})"
+        )
+    torch.manual_seed(cfg.seed)
+    sam = build_backbone(cfg)
+    encoder = Encoder(sam, instantiate(cfg.cache))
+    example = None
+    if cfg.get("example") is not None:
+        example = next(iter(instantiate(cfg.example)))
+    return Demo(
+        sam=sam,
+        encoder=encoder,
+        methods=cfg.methods,
+        trainer=instantiate(cfg.trainer),
+        results_dir=run_dir / "results",
+        backbone=cfg.backbone.name,
+        start_method=cfg.start_method,
+        example=example,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo")
+def main(cfg: DictConfig) -> None:
+    from persam.demo.app import build_app
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    demo = build_demo(cfg, run_dir)
+    allowed = [str(run_dir.resolve())]
+    if demo.example is not None:
+        allowed.append(str(demo.example.reference_image.parent.parent.parent.resolve()))
+    app = build_app(demo)
+    app.queue(default_concurrency_limit=1)
+    log.info("persam demo: http://%s:%d (Ctrl-C to stop)", cfg.host, cfg.port)
+    app.launch(
+        server_name=cfg.host,
+        server_port=int(cfg.port),
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        ssr_mode=False,
+        allowed_paths=allowed,
+        quiet=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
