@@ -26,17 +26,27 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 
-class Pooling(str, Enum):
+class Choice(str, Enum):
+    """A choice field: compares, prints and formats as its plain string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Pooling(Choice):
     mean = "mean"
     max_mean = "max_mean"
 
 
-class Fused(str, Enum):
+class Fused(Choice):
     compile = "compile"
     eager = "eager"
 
 
-class Exif(str, Enum):
+class Exif(Choice):
     """What to do with an EXIF orientation tag (see `persam.data.perseg`)."""
 
     error = "error"  # refuse the object, naming the file and the two ways on

@@ -71,3 +71,9 @@ def test_integer_choices_are_checked_naming_the_field():
         check_config(_compose(["method.refine_steps=3"]))
     with pytest.raises(ConfigError, match=r"method.scale_weights.steps=0 must be at least 1"):
         check_config(_compose(["method=persam_f", "method.scale_weights.steps=0"]))
+
+
+def test_choices_print_as_their_plain_strings():
+    cfg = _compose(["method.target_pooling=max_mean"])
+    value = cfg.method.target_pooling
+    assert value == "max_mean" and str(value) == "max_mean" and f"{value}" == "max_mean"
