@@ -102,18 +102,24 @@ def test_exif_rotated_images_are_refused_with_the_file_and_the_switch(data, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_objects_without_scorable_images(data, tmp_path):
+def test_objects_without_scorable_images_and_a_too_small_reference(data, tmp_path):
     root = tmp_path / "d"
-    shutil.copytree(data, root, ignore=shutil.ignore_patterns("obj_c", "obj_d"))
+    shutil.copytree(data, root, ignore=shutil.ignore_patterns("obj_d"))
     for stem in ("01", "02"):  # obj_a: only its reference is annotated
         (root / "Annotations" / "obj_a" / f"{stem}.png").unlink()
     for stem in ("01", "02"):  # obj_b: only its reference image
         (root / "Images" / "obj_b" / f"{stem}.jpg").unlink()
+    tiny = np.zeros((96, 128, 3), np.uint8)  # obj_c: a one-pixel reference mask
+    tiny[11, 13] = (0, 0, 128)
+    cv2.imwrite(str(root / "Annotations" / "obj_c" / "00.png"), tiny)
     out = tmp_path / "out"
     proc = run_cli([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # obj_c failed
     assert "ObjectMeter" not in proc.stdout + proc.stderr
     objects = _metrics(out)["objects"]
+    error = objects["obj_c"]["error"]
+    assert str(root / "Annotations" / "obj_c" / "00.png") in error and "too small" in error
+    assert "data.reference=" in error
     for name in ("obj_a", "obj_b"):
         entry = objects[name]
         assert entry["status"] == "ok" and entry["n_images"] == 0 and entry["iou"] is None
@@ -121,7 +127,7 @@ def test_objects_without_scorable_images(data, tmp_path):
     # the missing annotations are kept in the warnings, with the file named
     assert sum("Annotations/obj_a/01.png" in w for w in objects["obj_a"]["warnings"]) == 1
     assert (out / "masks" / "obj_a" / "02.png").is_file()
-    assert _metrics(out)["miou"] is None
+    assert _metrics(out)["miou"] is None and _metrics(out)["complete"] is True
 
 
 # -- run folders -------------------------------------------------------------------------------
