@@ -91,13 +91,8 @@ def main(argv=None) -> int:
     from segment_anything import SamPredictor
 
     from persam.backbone import build_sam
-    from persam.scale_weights import (
-        dice_loss,
-        fit_scale_weights,
-        fused_scale_loss,
-        prepare_fused_inputs,
-        sigmoid_focal_loss,
-    )
+    from persam.losses import dice_loss, focal_loss
+    from persam.scale_weights import fit_scale_weights, fused_scale_loss, prepare_fused_inputs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +145,7 @@ def main(argv=None) -> int:
             high = torch.from_numpy(predict_logits()).flatten(1)  # decoder rerun, as official
             weights = torch.cat((1 - mw.sum(0).unsqueeze(0), mw), dim=0)
             mixed = (high * weights).sum(0).unsqueeze(0)
-            loss = dice_loss(mixed, gt_flat) + sigmoid_focal_loss(mixed, gt_flat)
+            loss = dice_loss(mixed, gt_flat) + focal_loss(mixed, gt_flat)
             opt.zero_grad()
             loss.backward()
             opt.step()

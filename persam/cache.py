@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from persam.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +113,15 @@ class EmbeddingCache:
         if not self.enabled or not self.writable:
             return
         path = self._path(key)
-        tmp = None
+
+        def write(f) -> None:
+            torch.save(entry, f)
+            os.fchmod(f.fileno(), FILE_MODE)  # before it is put in place; umask-independent
+
         try:
             self._mkdir(path.parent)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
+            atomic_write(path, write, binary=True)
         except OSError as exc:  # read-only, not ours, full: the run goes on without caching
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             self.writable = False
             log.warning(
                 "Embedding cache folder %s is not writable (%s: %s); going on without caching. "
@@ -132,7 +131,3 @@ class EmbeddingCache:
                 type(exc).__name__,
                 exc.strerror or exc,
             )
-        except BaseException:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            raise

@@ -29,11 +29,18 @@ class PersonalizedDecoder:
     def guide(
         self, attn_sim: Tensor | None = None, target_embedding: Tensor | None = None
     ) -> Iterator[None]:
-        """attn_sim (1, 1, 1, h*w) from `guided_attention.attention_map`; target_embedding (C,)."""
+        """Guide the decoder calls inside the block.
+
+        attn_sim (B, 1, 1, h*w) from `guided_attention.attention_map`; target_embedding (C,) or
+        (B, C). B = 1 guides every image/prompt alike (SamPredictor's calls); B > 1 guides the
+        b-th image of a batched decoder call with the b-th entries.
+        """
         for attn in self.attentions:
             attn.guidance = attn_sim
         self.semantic.embedding = (
-            None if target_embedding is None else target_embedding.view(1, 1, -1)
+            None
+            if target_embedding is None
+            else target_embedding.reshape(-1, 1, target_embedding.shape[-1])
         )
         try:
             yield

@@ -16,15 +16,24 @@ from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from torch import Tensor
 
 
-def attention_map(sim: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Full-resolution similarity (H, W) -> attention guidance (1, 1, 1, h*w).
+def attention_map(sim: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> Tensor:
+    """Similarity map (H, W) -> attention guidance (1, 1, 1, h*w); a batch (B, H, W) -> (B, 1,
+    1, h*w).
 
-    Standardised by its own mean and std, bilinearly resized to the encoder grid, sigmoid.
-    Broadcasts over batch, heads and tokens of a (B, heads, N_tokens, h*w) attention.
+    Each map is standardised by its own mean and std, bilinearly resized to the encoder grid
+    ``grid = (h, w)``, sigmoid. ``valid`` (B, 2) int: only the top-left (rows, cols) of map ``b``
+    is used (the unpadded image of a padded batch). The result broadcasts over the heads and
+    tokens of a (B, heads, N_tokens, h*w) attention.
     """
-    sim = (sim - sim.mean()) / torch.std(sim)
-    sim = F.interpolate(sim[None, None], size=grid, mode="bilinear")
-    return sim.sigmoid().unsqueeze(0).flatten(3)
+    maps = sim.unsqueeze(0) if sim.dim() == 2 else sim
+    out = []
+    for b, m in enumerate(maps):
+        if valid is not None:
+            rows, cols = valid[b].tolist()
+            m = m[:rows, :cols]
+        m = (m - m.mean()) / torch.std(m).clamp_min(1e-6)
+        out.append(F.interpolate(m[None, None], size=grid, mode="bilinear"))
+    return torch.cat(out).sigmoid().unsqueeze(1).flatten(3)
 
 
 class GuidedAttention(Attention):

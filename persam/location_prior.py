@@ -80,3 +80,25 @@ def select_points(sim: torch.Tensor, negative: bool = True, positive: bool = Tru
         coords.append((idx % width, idx // width))
         labels.append(0)
     return np.array(coords, dtype=np.int64).reshape(-1, 2), np.array(labels, dtype=np.int64)
+
+
+def suppress(sim: torch.Tensor, region: np.ndarray | torch.Tensor, fill: float) -> torch.Tensor:
+    """The similarity map (H, W) with `region` (H, W) bool set to `fill` -> (H, W), a copy.
+
+    Used to look for the next instance: the pixels of the instances found so far get the map's
+    minimum, so the next arg-max lies outside them and the attention guidance ignores them.
+    """
+    region = torch.as_tensor(region, device=sim.device, dtype=torch.bool)
+    return sim.masked_fill(region, fill)
+
+
+def peak_region(shape: tuple[int, int], point: tuple[int, int], radius: int) -> np.ndarray:
+    """A disc of `radius` pixels around `point` (x, y) in an (H, W) image -> bool (H, W).
+
+    Suppressed together with each found mask so that a prompt whose mask is empty (or misses
+    its own peak) cannot be chosen again.
+    """
+    h, w = shape
+    ys, xs = np.ogrid[:h, :w]
+    x, y = point
+    return (xs - x) ** 2 + (ys - y) ** 2 <= radius**2

@@ -4,10 +4,14 @@
 Each learns a `Target` from one reference image and mask, then segments test images:
 
     encode (cached) -> location prior -> guided, prompted decoder -> cascaded refinement
+
+With `instances` > 1 (or `auto`) the last three stages repeat on the same image features: the
+similarity map is suppressed under each found instance and the next peak prompts again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +55,44 @@ class Prediction:
     first_logits: np.ndarray  # (1, 256, 256) low-res logits of the step-0 mask
     steps: list[tuple[np.ndarray, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Multi-instance mode: the instances' pixels (H, W) bool, disjoint, in the order found (a
+    # pixel belongs to the first instance that covers it); `mask` is their union. `peaks` are
+    # the similarity peaks that prompted them, relative to the first (see `PerSAM`).
+    instances: list[np.ndarray] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+
+    def instance_map(self) -> np.ndarray:
+        """The instances as one indexed map (H, W) uint8: 0 background, 1..K the instances."""
+        out = np.zeros(self.mask.shape, np.uint8)
+        for k, inst in enumerate(self.instances, start=1):
+            out[inst] = k
+        return out
+
+
+@dataclass
+class _Decoded:
+    """One prompt's decoder passes: final mask, step-0 mask and logits, refinement steps."""
+
+    mask: np.ndarray
+    first_mask: np.ndarray
+    first_logits: np.ndarray
+    steps: list[tuple[np.ndarray, int]]
+    warnings: list[str]
+
+
+def check_instances(instances: int | str) -> int | str:
+    """`method.instances`: a positive integer or `auto`; anything else is a clear error."""
+    if isinstance(instances, str):
+        text = instances.strip().lower()
+        if text == "auto":
+            return "auto"
+        instances = int(text) if text.lstrip("-").isdigit() else text
+    if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
+        raise ValueError(
+            f"method.instances must be a positive integer or 'auto', got {instances!r}: use 1 "
+            f"for the paper's single instance, N for up to N instances per image, or auto"
+        )
+    return instances
 
 
 class PerSAM:
@@ -65,6 +107,13 @@ class PerSAM:
       guided_attention: modulate the decoder's token-to-image attention by the similarity map.
       semantic_prompt: add the target embedding to the decoder's prompt tokens.
       refine_steps: cascaded post-refinement passes, 0, 1 or 2.
+      instances: instances per image: 1 (the paper), N, or `auto`. After each instance the
+        similarity map is suppressed under its mask and the next peak prompts again (no
+        re-encoding). N: at most N prompts; a mask that mostly overlaps the earlier ones (or is
+        empty) is dropped. auto: stops at such a mask, after `max_instances`, or when the next
+        peak is below `instance_threshold` relative to the first, measured from the map's
+        minimum: (peak_k - min) < instance_threshold * (peak_1 - min).
+      instance_overlap: "mostly overlaps": more than this fraction of the new mask is covered.
     """
 
     name = "persam"
@@ -81,6 +130,10 @@ class PerSAM:
         guided_attention: bool = True,
         semantic_prompt: bool = True,
         refine_steps: int = 2,
+        instances: int | str = 1,
+        instance_threshold: float = 0.9,
+        instance_overlap: float = 0.5,
+        max_instances: int = 10,
     ) -> None:
         target_pooling = getattr(target_pooling, "value", target_pooling)  # schema enum -> str
         if refine_steps not in (0, 1, 2):
@@ -96,6 +149,18 @@ class PerSAM:
         self.guided_attention = guided_attention
         self.semantic_prompt = semantic_prompt
         self.refine_steps = refine_steps
+        self.instances = check_instances(instances)
+        if not 0.0 <= instance_threshold <= 1.0:
+            raise ValueError(
+                f"method.instance_threshold must be in [0, 1], got {instance_threshold}"
+            )
+        if not 0.0 < instance_overlap <= 1.0:
+            raise ValueError(f"method.instance_overlap must be in (0, 1], got {instance_overlap}")
+        if not 1 <= int(max_instances) <= 255:
+            raise ValueError(f"method.max_instances must be in 1..255, got {max_instances}")
+        self.instance_threshold = float(instance_threshold)
+        self.instance_overlap = float(instance_overlap)
+        self.max_instances = int(max_instances)
         self.sam = sam
         self.encoder = encoder or Encoder(sam)
         self.trainer = trainer
@@ -120,14 +185,27 @@ class PerSAM:
         return Target(embedding=embedding, location=location, grid_mask=grid_mask)
 
     # -- test image ------------------------------------------------------------------------
-    def _locate(self, predictor, target: Target, negative: bool):
-        sim = location_prior.similarity_map(predictor, target.location)
-        coords, labels = location_prior.select_points(
-            sim, positive=self.positive_point, negative=negative
+    def _locate(self, predictor, target: Target, negative: bool, sim=None, current=None):
+        """Points and attention guidance from the similarity map `sim` (H, W).
+
+        `current` is `sim` with the instances found so far suppressed: the positive point and
+        the attention guidance come from it, the negative point from the whole map.
+        """
+        if sim is None:
+            sim = location_prior.similarity_map(predictor, target.location)
+        if current is None:
+            current = sim
+        pos_coords, pos_labels = location_prior.select_points(
+            current, positive=self.positive_point, negative=False
         )
+        neg_coords, neg_labels = location_prior.select_points(
+            sim, positive=False, negative=negative
+        )
+        coords = np.concatenate([pos_coords, neg_coords])
+        labels = np.concatenate([pos_labels, neg_labels])
         attn_sim = None
         if self.guided_attention:
-            attn_sim = attention_map(sim, tuple(predictor.features.shape[-2:]))
+            attn_sim = attention_map(current, tuple(predictor.features.shape[-2:]))
         return coords, labels, attn_sim
 
     def _guidance(self, target: Target, attn_sim):
@@ -142,11 +220,8 @@ class PerSAM:
             return {"point_coords": None, "point_labels": None}
         return {"point_coords": coords, "point_labels": labels}
 
-    @torch.no_grad()
-    def segment(self, image: np.ndarray, target: Target) -> Prediction:
-        """Segment the personalised object in `image` (H, W, 3) RGB uint8."""
-        predictor = self.encoder.set_image(image)
-        coords, labels, attn_sim = self._locate(predictor, target, self.negative_point)
+    def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
+        """Step 0 (guided, single mask) and the cascaded refinement for one prompt."""
         with self._guidance(target, attn_sim):
             masks, _, low_res = predictor.predict(
                 **self._prompt(coords, labels), multimask_output=False
@@ -154,16 +229,72 @@ class PerSAM:
         refined = cascaded_refinement(
             predictor, coords, labels, masks[0], low_res[0:1], steps=self.refine_steps
         )
-        return Prediction(
-            mask=refined.mask,
-            coords=coords,
-            labels=labels,
-            attn_sim=attn_sim,
-            first_mask=masks[0],
-            first_logits=low_res[0:1],
-            steps=refined.steps,
-            warnings=refined.warnings,
-        )
+        return _Decoded(refined.mask, masks[0], low_res[0:1], refined.steps, refined.warnings)
+
+    @torch.no_grad()
+    def segment(self, image: np.ndarray, target: Target) -> Prediction:
+        """Segment the personalised object in `image` (H, W, 3) RGB uint8 (all its instances
+        when `instances` is not 1; the image is encoded once)."""
+        predictor = self.encoder.set_image(image)
+        sim = location_prior.similarity_map(predictor, target.location)
+        floor = float(sim.min())
+        radius = max(1, math.ceil(max(sim.shape) / predictor.features.shape[-1]))
+        auto = self.instances == "auto"
+        limit = self.max_instances if auto else self.instances
+        current, union = sim, np.zeros(tuple(sim.shape), bool)
+        first: Prediction | None = None
+        instances, peaks, points = [], [], []
+        for k in range(limit):
+            flat = int(current.flatten().topk(1)[1])
+            peak = (flat % sim.shape[1], flat // sim.shape[1])
+            height = float(current[peak[1], peak[0]]) - floor
+            peaks.append(height)
+            if k and auto and height < self.instance_threshold * peaks[0]:
+                break
+            coords, labels, attn_sim = self._locate(
+                predictor, target, self.negative_point, sim=sim, current=current
+            )
+            decoded = self._decode(predictor, target, coords, labels, attn_sim)
+            mask = decoded.mask
+            if first is None:
+                first = Prediction(
+                    mask=mask,
+                    coords=coords,
+                    labels=labels,
+                    attn_sim=attn_sim,
+                    first_mask=decoded.first_mask,
+                    first_logits=decoded.first_logits,
+                    steps=decoded.steps,
+                    warnings=list(decoded.warnings),
+                )
+                duplicate = False
+            else:
+                area = int(mask.sum())
+                covered = int((mask & union).sum())
+                duplicate = area == 0 or covered > self.instance_overlap * area
+                if not duplicate:
+                    first.warnings += [
+                        f"instance {len(instances) + 1}: {w}" for w in decoded.warnings
+                    ]
+                    points.append(coords[labels == 1])
+            if duplicate and auto:
+                break
+            if not duplicate and (mask & ~union).any():
+                instances.append(mask & ~union)
+                union |= mask
+            region = mask | location_prior.peak_region(tuple(sim.shape), peak, radius)
+            current = location_prior.suppress(current, region, floor)
+        assert first is not None
+        if limit > 1:
+            first.mask = union
+            first.coords = np.concatenate([first.coords, *points]) if points else first.coords
+            first.labels = np.concatenate(
+                [first.labels, *[np.ones(len(p), np.int64) for p in points]]
+            )
+        first.instances = instances
+        top = peaks[0] if peaks and peaks[0] > 0 else 1.0
+        first.peaks = [p / top for p in peaks]
+        return first
 
 
 class PerSAMF(PerSAM):
@@ -172,7 +303,9 @@ class PerSAMF(PerSAM):
     Args (besides PerSAM's; the defaults are the paper's):
       trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
         fit completes with its steps and logger; None: a CPU Trainer.
-      scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, ...).
+      scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, ...), and
+        `load`: a `scale_weights.json` (or the run folder holding it) whose weights are used
+        instead of fitting (the same masks as the run that fitted them).
     """
 
     def __init__(
@@ -188,6 +321,10 @@ class PerSAMF(PerSAM):
         semantic_prompt: bool = False,
         refine_steps: int = 2,
         scale_weights: dict | None = None,
+        instances: int | str = 1,
+        instance_threshold: float = 0.9,
+        instance_overlap: float = 0.5,
+        max_instances: int = 10,
     ) -> None:
         super().__init__(
             sam,
@@ -200,11 +337,22 @@ class PerSAMF(PerSAM):
             guided_attention=guided_attention,
             semantic_prompt=semantic_prompt,
             refine_steps=refine_steps,
+            instances=instances,
+            instance_threshold=instance_threshold,
+            instance_overlap=instance_overlap,
+            max_instances=max_instances,
         )
         # plain values (the config schema gives `fused` as an enum)
         self.scale_weights = {
             k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
         }
+        load = self.scale_weights.pop("load", None)
+        self.saved_weights = None
+        if load:
+            from persam.outputs import read_scale_weights, scale_weights_file
+
+            self.saved_weights = read_scale_weights(load)
+            self.saved_from = str(scale_weights_file(load))
 
     def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
         """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
@@ -221,6 +369,14 @@ class PerSAMF(PerSAM):
         from persam.scale_weights import fit_scale_weights
 
         target = super().learn(image, mask_rgb)
+        if self.saved_weights is not None:
+            if name not in self.saved_weights:
+                raise ValueError(
+                    f"object '{name}' has no weights in method.scale_weights.load="
+                    f"{self.saved_from} (it has: {', '.join(self.saved_weights) or 'none'})"
+                )
+            target.mask_weights = np.asarray(self.saved_weights[name], dtype=np.float32)
+            return target
         with torch.no_grad():
             predictor = self.encoder.set_image(image)
             coords, labels, attn_sim = self._locate(predictor, target, negative=False)
@@ -239,28 +395,18 @@ class PerSAMF(PerSAM):
         target.ref_points = coords
         return target
 
-    @torch.no_grad()
-    def segment(self, image: np.ndarray, target: Target) -> Prediction:
-        predictor = self.encoder.set_image(image)
-        coords, labels, attn_sim = self._locate(predictor, target, self.negative_point)
+    def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
+        """The weighted multi-scale mask, then the cascaded refinement, for one prompt."""
         high, low = self._multiscale(predictor, target, attn_sim, coords, labels)
-        weights = target.mask_weights
-        mixed_high = (torch.as_tensor(high) * torch.as_tensor(weights)[:, None, None]).sum(0)
+        from persam.scale_weights import mix_masks
+
+        mixed_high = mix_masks(torch.as_tensor(high), target.mask_weights)
         mask = (mixed_high > self.sam.mask_threshold).numpy()
-        mixed_low = (low * weights[:, None, None]).sum(0)[None]
+        mixed_low = mix_masks(low, target.mask_weights)[None]
         refined = cascaded_refinement(
             predictor, coords, labels, mask, mixed_low, steps=self.refine_steps, box_on_first=True
         )
         warnings = list(refined.warnings)
         if not mask.any():
             warnings.insert(0, "the mixed (weighted) mask is empty")
-        return Prediction(
-            mask=refined.mask,
-            coords=coords,
-            labels=labels,
-            attn_sim=attn_sim,
-            first_mask=mask,
-            first_logits=mixed_low,
-            steps=refined.steps,
-            warnings=warnings,
-        )
+        return _Decoded(refined.mask, mask, mixed_low, refined.steps, warnings)

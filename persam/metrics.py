@@ -12,6 +12,11 @@ are accumulated over its remaining test images:
 The ``+ 1e-10`` (official formula) means an object whose accumulated union is empty scores 0.0,
 never NaN; this cannot happen on PerSeg, whose masks are never empty.
 The dataset-level numbers (``miou``, ``mbiou``, ``macc``) are plain means over objects.
+
+Instances (several copies of the concept in one image) are scored by :class:`InstanceMeter`:
+a ground-truth instance is *found* when one predicted instance (each used at most once) has
+IoU >= 0.5 with it, matched greedily by decreasing IoU; ``precision = found / predicted`` and
+``recall = found / ground truth``, the counts summed over the object's test images.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import numpy as np
 
 EPS = 1e-10
 
-__all__ = ["EPS", "ObjectMeter", "mask_to_boundary", "mean_over_objects"]
+__all__ = [
+    "EPS",
+    "InstanceMeter",
+    "ObjectMeter",
+    "connected_instances",
+    "mask_to_boundary",
+    "match_instances",
+    "mean_over_objects",
+]
 
 
 def _as_bool_mask(mask: np.ndarray, name: str) -> np.ndarray:
@@ -134,3 +147,89 @@ def mean_over_objects(results: Sequence[dict]) -> dict:
         "mbiou": float(np.mean([r["biou"] for r in results])),
         "macc": float(np.mean([r["acc"] for r in results])),
     }
+
+
+def connected_instances(mask: np.ndarray) -> np.ndarray:
+    """Ground-truth instances of a binary mask (H, W): its 8-connected components.
+
+    Returns an indexed map (H, W) int32: 0 background, 1..K the components (in scan order).
+    """
+    m = _as_bool_mask(mask, "mask").astype(np.uint8)
+    _, labels = cv2.connectedComponents(m, connectivity=8)
+    return labels.astype(np.int32)
+
+
+def instance_ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU of every predicted instance with every ground-truth one -> (P, G) float.
+
+    ``pred`` and ``gt`` are indexed maps (H, W) of the same shape (0 background, labels > 0
+    the instances; labels need not be consecutive: the present ones, sorted, are the rows and
+    columns).
+    """
+    p = np.asarray(pred).astype(np.int64)
+    g = np.asarray(gt).astype(np.int64)
+    if p.shape != g.shape or p.ndim != 2:
+        raise ValueError(f"instance maps must be 2-D of one shape, got {p.shape} and {g.shape}")
+    p_ids = np.unique(p[p > 0])
+    g_ids = np.unique(g[g > 0])
+    if len(p_ids) == 0 or len(g_ids) == 0:
+        return np.zeros((len(p_ids), len(g_ids)))
+    p_idx = np.searchsorted(p_ids, p) + 1
+    p_idx[p == 0] = 0
+    g_idx = np.searchsorted(g_ids, g) + 1
+    g_idx[g == 0] = 0
+    np_, ng = len(p_ids) + 1, len(g_ids) + 1
+    joint = np.bincount((p_idx * ng + g_idx).ravel(), minlength=np_ * ng).reshape(np_, ng)
+    inter = joint[1:, 1:].astype(np.float64)
+    p_area = joint[1:, :].sum(1)[:, None]
+    g_area = joint[:, 1:].sum(0)[None, :]
+    return inter / (p_area + g_area - inter)
+
+
+def match_instances(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict:
+    """Greedy one-to-one matching of indexed maps at IoU >= ``threshold``.
+
+    Pairs are taken by decreasing IoU (ties: lower predicted, then lower ground-truth label),
+    each instance at most once. Returns ``{"found", "predicted", "ground_truth"}`` counts.
+    """
+    ious = instance_ious(pred, gt)
+    n_pred, n_gt = ious.shape
+    pairs = [(-ious[i, j], i, j) for i, j in zip(*np.nonzero(ious >= threshold), strict=True)]
+    used_p, used_g = set(), set()
+    for _, i, j in sorted(pairs):
+        if i not in used_p and j not in used_g:
+            used_p.add(i)
+            used_g.add(j)
+    return {"found": len(used_g), "predicted": n_pred, "ground_truth": n_gt}
+
+
+class InstanceMeter:
+    """Accumulates instance precision / recall of one object over its test images."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.found = self.predicted = self.ground_truth = self.n_images = 0
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> dict:
+        """Add one image: indexed maps ``pred``, ``gt`` (H, W). Returns its counts."""
+        counts = match_instances(pred, gt, self.threshold)
+        self.found += counts["found"]
+        self.predicted += counts["predicted"]
+        self.ground_truth += counts["ground_truth"]
+        self.n_images += 1
+        return counts
+
+    def result(self) -> dict:
+        """``precision``, ``recall``, ``f1`` (0.0 where a denominator is 0) and the counts."""
+        precision = self.found / self.predicted if self.predicted else 0.0
+        recall = self.found / self.ground_truth if self.ground_truth else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "found": self.found,
+            "predicted": self.predicted,
+            "ground_truth": self.ground_truth,
+            "n_images": self.n_images,
+        }

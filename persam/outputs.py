@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from persam.files import atomic_write
+
 OBJECT_COLUMNS = ["object", "status", "iou", "biou", "acc", "n_images", "error"]
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -75,9 +63,7 @@ def write_metrics(
     `columns` come first, in order (the first names the unit); any other scalar or list field
     of the entries follows, sorted.
     """
-    _atomic_write(
-        run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float)
-    )
+    atomic_write(run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float))
     entries = summary.get(unit_key, {})
     extra = sorted(
         {
@@ -98,4 +84,49 @@ def write_metrics(
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
             )
 
-    _atomic_write(run_dir / "metrics.csv", rows)
+    atomic_write(run_dir / "metrics.csv", rows)
+
+
+SCALE_WEIGHTS_FILE = "scale_weights.json"
+
+
+def write_scale_weights(run_dir: Path, weights: dict[str, list[float]]) -> None:
+    """`scale_weights.json`: PerSAM-F's 3 mixing weights per object, `{name: [w0, w1, w2]}`."""
+    atomic_write(run_dir / SCALE_WEIGHTS_FILE, lambda f: json.dump(weights, f, indent=2))
+
+
+def scale_weights_file(path: str | Path) -> Path:
+    """`path` itself, or the `scale_weights.json` in it when it is a (run) folder."""
+    path = Path(path).expanduser()
+    return path / SCALE_WEIGHTS_FILE if path.is_dir() else path
+
+
+def read_scale_weights(path: str | Path) -> dict[str, list[float]]:
+    """The weights of a `scale_weights.json` (the file, or the run folder that holds it)."""
+    path = scale_weights_file(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"method.scale_weights.load={path}: cannot read it ({exc.strerror}); give a "
+            f"{SCALE_WEIGHTS_FILE} or the PerSAM-F run folder that holds one"
+        ) from exc
+    except ValueError as exc:
+        raise ValueError(f"method.scale_weights.load={path} is not valid JSON: {exc}") from exc
+    bad = (
+        [
+            k
+            for k, v in data.items()
+            if not (
+                isinstance(v, list) and len(v) == 3 and all(isinstance(x, float | int) for x in v)
+            )
+        ]
+        if isinstance(data, dict)
+        else ["<top level>"]
+    )
+    if bad:
+        raise ValueError(
+            f"method.scale_weights.load={path}: expected {{object: [w0, w1, w2]}}, bad entries: "
+            f"{bad[:5]}"
+        )
+    return data

@@ -7,6 +7,11 @@ variant by the overrides that differ between jobs, and writes into the sweep fol
     report.csv           one row per variant
     report_objects.csv   one row per (variant, object)
     report.png           bar chart of mIoU / mBIoU / mAcc per variant
+    report_references.png  with data.reference=all: per object, the IoU of each reference (the
+                         spread of the result over the choice of reference), one panel per variant
+
+With instance metrics (every run has them) report.md also lists instance precision / recall /
+F1 per variant; with data.reference=all, each object's IoU mean, std, min and max over references.
 
 Only complete runs are ranked. Jobs that did not finish (no metrics.json, or `complete: false`
 in it: killed or interrupted, reported as "incomplete" with the command that resumes them),
@@ -268,6 +273,42 @@ def build_report(sweep: Path) -> dict:
                 else ("failed" if entry.get("status") == "failed" else _fmt(entry.get("iou")))
             )
         md.append(f"| {obj} | " + " | ".join(cells) + " |")
+    with_instances = [j for j in done if j.metrics.get("instances")]
+    if with_instances:
+        md += [
+            "",
+            "## Instances (mean over objects)",
+            "",
+            "| variant | precision | recall | F1 | ground truth |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for j in with_instances:
+            inst = j.metrics["instances"]
+            md.append(
+                f"| {j.name} | {_fmt(inst.get('precision'))} | {_fmt(inst.get('recall'))} "
+                f"| {_fmt(inst.get('f1'))} | {inst.get('source', '-')} |"
+            )
+    spread = [j for j in done if _by_reference(j)]
+    written = []
+    if spread:
+        md += [
+            "",
+            "## IoU by reference (data.reference=all)",
+            "",
+            "| variant | object | mean | std | min | max | references |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for j in spread:
+            for obj, ious in _by_reference(j).items():
+                values = list(ious.values())
+                md.append(
+                    f"| {j.name} | {obj} | {_fmt(float(sum(values) / len(values)))} "
+                    f"| {_fmt(j.metrics['objects'][obj].get('iou_std'))} | {_fmt(min(values))} "
+                    f"| {_fmt(max(values))} | {len(values)} |"
+                )
+        md += ["", "![IoU by reference](report_references.png)"]
+        _reference_plot(spread, sweep / "report_references.png")
+        written.append(sweep / "report_references.png")
     problems = [j for j in jobs if j.problems]
     if problems:
         md += ["", "## Runs with problems", ""]
@@ -280,8 +321,49 @@ def build_report(sweep: Path) -> dict:
         "problems": [(j.name, j.problems) for j in problems],
         "files": [
             sweep / n for n in ("report.md", "report.csv", "report_objects.csv", "report.png")
-        ],
+        ]
+        + written,
     }
+
+
+def _by_reference(job: Job) -> dict[str, dict[str, float]]:
+    """{object: {reference: iou}} of a data.reference=all run (objects that ran)."""
+    out = {}
+    for name, entry in job.metrics.get("objects", {}).items():
+        refs = entry.get("by_reference") or {}
+        ious = {r: e["iou"] for r, e in refs.items() if e.get("iou") is not None}
+        if ious:
+            out[name] = ious
+    return out
+
+
+def _reference_plot(jobs: list[Job], path: Path) -> None:
+    """Per object, one dot per reference (its IoU) and the mean +- std; a panel per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n_obj = max(len(_by_reference(j)) for j in jobs)
+    fig, axes = plt.subplots(
+        len(jobs), 1, figsize=(max(6, 0.6 * n_obj + 2), 3.6 * len(jobs)), squeeze=False
+    )
+    for ax, job in zip(axes[:, 0], jobs, strict=True):
+        data = _by_reference(job)
+        for x, ious in enumerate(data.values()):
+            values = 100 * np.array(list(ious.values()))
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter(x + np.asarray(jitter), values, s=14, alpha=0.7, color="tab:blue")
+            ax.errorbar(x + 0.3, values.mean(), yerr=values.std(), fmt="_", color="black")
+        ax.set_xticks(range(len(data)), list(data), rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("IoU (%) by reference")
+        ax.set_ylim(0, 100)
+        title = job.name if len(job.name) <= 90 else job.name[:87] + "..."
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _bar_chart(rows: list[dict], path: Path) -> None:

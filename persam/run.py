@@ -79,6 +79,9 @@ def build_method(cfg: DictConfig, **runtime):
                 ", ".join(fields),
             )
             raise SystemExit(2) from exc
+        if isinstance(cause, ValueError):  # a bad value (method.instances=0, ...): say which
+            log.error("method '%s': %s", cfg.method.name, cause)
+            raise SystemExit(2) from exc
         raise
 
 

@@ -50,8 +50,9 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from persam.losses import dice_loss, focal_loss
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,12 @@ __all__ = [
     "NonFiniteLossError",
     "ScaleWeightsModule",
     "compile_available",
-    "dice_loss",
     "fit_scale_weights",
     "fused_loss_and_grad",
     "fused_scale_loss",
     "mix_masks",
     "prepare_fused_inputs",
     "reference_loss",
-    "sigmoid_focal_loss",
     "validate_inputs",
 ]
 
@@ -118,33 +117,6 @@ def mix_masks(logits, weights):
     return (logits * w.reshape((3,) + (1,) * (logits.dim() - 1))).sum(0)
 
 
-def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float = 1) -> Tensor:
-    """Official dice loss: ``inputs`` logits (B, N...), ``targets`` {0,1} float (B, N) -> scalar."""
-    p = inputs.sigmoid().flatten(1)
-    numerator = 2 * (p * targets).sum(-1)
-    denominator = p.sum(-1) + targets.sum(-1)
-    loss = 1 - (numerator + 1) / (denominator + 1)
-    return loss.sum() / num_masks
-
-
-def sigmoid_focal_loss(
-    inputs: Tensor,
-    targets: Tensor,
-    num_masks: float = 1,
-    alpha: float = 0.25,
-    gamma: float = 2,
-) -> Tensor:
-    """Official sigmoid focal loss, mean over pixels: ``inputs``, ``targets`` (B, N) -> scalar."""
-    prob = inputs.sigmoid()
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    return loss.mean(1).sum() / num_masks
-
-
 def reference_loss(
     w: Tensor, logits: Tensor, gt: Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tensor:
@@ -156,7 +128,7 @@ def reference_loss(
     target = gt.reshape(1, -1).to(logits.dtype)
     weights = torch.cat((1 - w.sum(0).unsqueeze(0), w), dim=0)  # (3, 1)
     mixed = (logits.flatten(1) * weights).sum(0).unsqueeze(0)  # (1, H*W)
-    return dice_loss(mixed, target) + sigmoid_focal_loss(mixed, target, alpha=alpha, gamma=gamma)
+    return dice_loss(mixed, target) + focal_loss(mixed, target, alpha=alpha, gamma=gamma)
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class PerSAMSchema:
     guided_attention: bool = True
     semantic_prompt: bool = True
     refine_steps: int = 2
+    instances: Any = 1  # a positive integer or "auto" (checked by the method)
+    instance_threshold: float = 0.9
+    instance_overlap: float = 0.5
+    max_instances: int = 10
 
 
 @dataclass
@@ -82,6 +86,7 @@ class ScaleWeightsSchema:
     alpha: float = 0.25
     gamma: float = 2.0
     fused: Fused = Fused.compile
+    load: Optional[str] = None  # noqa: UP045 - a scale_weights.json (or its run folder)
 
 
 @dataclass
@@ -98,6 +103,9 @@ class PerSegSchema:
     root: str = "data/PerSeg"
     reference: str = "00"
     objects: Optional[list[str]] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    instances_root: Optional[str] = None  # noqa: UP045
+    reference_perturbation: str = "none"  # checked by persam.data.perturb
+    perturbation_amount: float = 0.1
     exif: Exif = Exif.error
 
 
@@ -109,8 +117,12 @@ class SyntheticSchema:
     seed: int = 0
     num_objects: int = 6
     images_per_object: int = 4
+    instances_per_image: Any = 1  # N, or [lo, hi]
     reference: str = "00"
     objects: Optional[list[str]] = None  # noqa: UP045
+    instances_root: Optional[str] = None  # noqa: UP045
+    reference_perturbation: str = "none"
+    perturbation_amount: float = 0.1
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -137,7 +149,12 @@ class RunSchema:
 
 # Choices of integer fields, checked by `check_config` (OmegaConf types ints, not ranges).
 INT_CHOICES = {"method.refine_steps": (0, 1, 2)}
-POSITIVE_INTS = ("method.scale_weights.steps", "data.num_objects", "data.images_per_object")
+POSITIVE_INTS = (
+    "method.scale_weights.steps",
+    "method.max_instances",
+    "data.num_objects",
+    "data.images_per_object",
+)
 
 SCHEMAS = {
     ("method", "persam_schema"): PerSAMSchema,

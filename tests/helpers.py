@@ -21,6 +21,20 @@ SMALL_BACKBONE = [
     "backbone.encoder_global_attn_indexes=[0]",
 ]
 
+# A small `build_architecture` (8 x 8 grid, 128 px input) for the training code's unit tests.
+SMALL_ARCH = dict(
+    encoder_embed_dim=32,
+    encoder_depth=1,
+    encoder_num_heads=1,
+    encoder_global_attn_indexes=[0],
+    image_size=128,
+    vit_patch_size=16,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=32,
+)
+
 
 def write_object(root: Path, name: str, n: int = 3, size=(96, 128), seed: int = 0) -> None:
     """A PerSeg object: n images (a bright disc on noise) and PerSeg-style masks (BGR 0,0,128)."""

@@ -8,6 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from persam.conf import CONFIG_DIR
 from persam.method import PerSAM, PerSAMF
@@ -33,11 +35,87 @@ def test_groups_mirror_the_code():
     assert {"wandb", "csv", "none"} <= set(_options("logger"))
 
 
-@pytest.mark.parametrize("backbone", _options("backbone"))
+BACKBONES = [b for b in _options("backbone") if b != "base"]
+
+# What every architecture shares: segment_anything's `_build_sam` (build_sam.py).
+SAM_COMMON = dict(
+    _target_="persam.backbone.build_sam",
+    seed=0,
+    device="auto",
+    window_size=14,
+    image_size=1024,
+    vit_patch_size=16,
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
+
+
+def _encoder(dim, depth, heads, global_attn):
+    return dict(
+        encoder_embed_dim=dim,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        encoder_global_attn_indexes=global_attn,
+    )
+
+
+# The composed backbone configs, field by field: the official numbers are those of
+# segment_anything's build_sam_vit_h / _l / _b; tiny is ../shared/golden/tiny_sam.json; embedded
+# is the architecture the shipped persam/weights/embedded_sam.pth was trained with.
+EXPECTED_BACKBONES = {
+    "vit_h": SAM_COMMON
+    | _encoder(1280, 32, 16, [7, 15, 23, 31])
+    | dict(name="vit_h", checkpoint="${paths.checkpoint_dir}/sam_vit_h_4b8939.pth"),
+    "vit_l": SAM_COMMON
+    | _encoder(1024, 24, 16, [5, 11, 17, 23])
+    | dict(name="vit_l", checkpoint="${paths.checkpoint_dir}/sam_vit_l_0b3195.pth"),
+    "vit_b": SAM_COMMON
+    | _encoder(768, 12, 12, [2, 5, 8, 11])
+    | dict(name="vit_b", checkpoint="${paths.checkpoint_dir}/sam_vit_b_01ec64.pth"),
+    "tiny": SAM_COMMON | _encoder(96, 2, 2, [1]) | dict(name="tiny", checkpoint=None),
+    "embedded": SAM_COMMON
+    | _encoder(128, 4, 4, [1, 3])
+    | dict(
+        name="embedded",
+        checkpoint="${persam_weights:embedded_sam.pth}",
+        window_size=8,
+        image_size=256,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
+}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_compose_backbones(backbone):
     cfg = _compose([f"backbone={backbone}"])
-    assert cfg.backbone.name == backbone
-    assert cfg.backbone._target_ == "persam.backbone.build_sam"
+    assert OmegaConf.to_container(cfg.backbone) == EXPECTED_BACKBONES[backbone]
+    # SAM's field order (the base's), whatever each file overrides
+    assert list(cfg.backbone) == list(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+
+
+def test_backbone_files_state_only_what_differs_from_the_base():
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    for name in BACKBONES:
+        own = OmegaConf.load(CONF / "backbone" / f"{name}.yaml")
+        assert list(own.defaults) == ["base", "_self_"], name
+        fields = OmegaConf.to_container(own, resolve=False)
+        same = [k for k, v in fields.items() if k in base and v == base[k]]
+        assert not same, f"{name}.yaml repeats the base's {same}"
+
+
+def test_the_base_is_not_a_backbone():
+    cfg = _compose(["backbone=base"])
+    with pytest.raises(MissingMandatoryValue, match="name"):
+        instantiate(cfg.backbone)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +131,65 @@ def test_compose_and_instantiate_methods(method, ablation, default_sam):
     obj = instantiate(cfg.method, sam=default_sam, trainer=trainer)
     assert isinstance(obj, PerSAMF if method == "persam_f" else PerSAM)
     assert obj.sam is default_sam and obj.trainer is trainer
-    if ablation == "c1_positive":
-        assert not (obj.negative_point or obj.guided_attention or obj.semantic_prompt)
-        assert obj.refine_steps == 0
+    if ablation is not None:
+        switches = {k: getattr(obj, k) for k in ABLATIONS[ablation]}
+        assert switches == ABLATIONS[ablation], ablation
+
+
+def _switches(negative, refine, guided, semantic):
+    return dict(
+        positive_point=True,
+        negative_point=negative,
+        refine_steps=2 if refine else 0,
+        guided_attention=guided,
+        semantic_prompt=semantic,
+    )
+
+
+# Paper Table 6: components added one by one (c1..c5: positive prior, + negative point,
+# + post refinement, + guided attention, + semantic prompt), then each removed from full PerSAM.
+ABLATIONS = {
+    "c1_positive": _switches(False, False, False, False),
+    "c2_negative": _switches(True, False, False, False),
+    "c3_refine": _switches(True, True, False, False),
+    "c4_guided": _switches(True, True, True, False),
+    "c5_semantic": _switches(True, True, True, True),
+    "no_negative": _switches(False, True, True, True),
+    "no_refine": _switches(True, False, True, True),
+    "no_guided": _switches(True, True, False, True),
+    "no_semantic": _switches(True, True, True, False),
+}
+
+
+def test_every_ablation_file_is_asserted():
+    assert set(_options("ablation")) == set(ABLATIONS)
+
+
+def test_train_config_composes_and_builds(tmp_path):
+    """conf/train.yaml: the data module, the model (with the backbone's architecture) and the
+    record callback, built by `instantiate` as `persam.train` builds them."""
+    from persam.train import architecture
+    from persam.training.data import ScenePairData
+    from persam.training.module import EmbeddedSamModule
+    from persam.training.record import TrainingRecord
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["train.batch_size=2", "train.data.num_identities=3"])
+    assert "method" not in cfg  # no placeholder keys
+    arch = architecture(cfg.backbone)
+    assert arch["image_size"] == cfg.backbone.image_size == 256  # the embedded architecture
+    data = instantiate(cfg.train.data)
+    assert isinstance(data, ScenePairData) and data.hparams.batch_size == 2
+    assert data.hparams.image_size == 256 and data.num_scenes == 3 * 6
+    model = instantiate(cfg.train.module, architecture=arch)
+    assert isinstance(model, EmbeddedSamModule) and model.init_from is None
+    assert model.hparams.architecture == arch
+    embedded = instantiate(_compose(["backbone.device=cpu"]).backbone)
+    assert model.sam.state_dict().keys() == embedded.state_dict().keys()
+    record = instantiate(cfg.train.callbacks.record, run_dir=tmp_path, overrides=[])
+    assert isinstance(record, TrainingRecord) and record.export_dir is None
+    factory = instantiate(cfg.trainer)
+    assert factory.keywords["max_steps"] == 3100 and factory.keywords["gradient_clip_val"] == 1.0
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import SMALL_ARCH
 from segment_anything.modeling.transformer import Attention
 
 from persam.backbone import build_sam
@@ -100,3 +101,46 @@ def test_personalize_is_idempotent(sams):
     n_hooks = len(sam.mask_decoder.transformer._forward_pre_hooks)
     personalize(sam)
     assert len(sam.mask_decoder.transformer._forward_pre_hooks) == n_hooks == 1
+
+
+def test_attention_map_batch_is_each_map_alone():
+    g = torch.Generator().manual_seed(5)
+    sims = torch.rand(3, 12, 12, generator=g)
+    batch = attention_map(sims, (8, 8))
+    assert batch.shape == (3, 1, 1, 64)
+    for b in range(3):
+        assert torch.equal(batch[b : b + 1], attention_map(sims[b], (8, 8)))
+    # `valid`: only the unpadded top-left part of each map counts
+    valid = torch.tensor([[12, 12], [5, 9], [1, 3]])
+    cropped = attention_map(sims, (8, 8), valid=valid)
+    for b, (rows, cols) in enumerate(valid.tolist()):
+        assert torch.equal(cropped[b : b + 1], attention_map(sims[b, :rows, :cols], (8, 8)))
+    assert torch.equal(cropped[0], batch[0]) and not torch.equal(cropped[1], batch[1])
+    # a constant map (std 0) guides uniformly instead of producing NaN
+    assert torch.equal(attention_map(torch.ones(4, 4), (2, 2)), torch.full((1, 1, 1, 4), 0.5))
+
+
+def test_batched_guidance_guides_each_image_with_its_own_target():
+    """What the embedded SAM's training does: one decoder call over a batch of images, image b
+    guided by map b and target embedding b, equals guiding each image alone (as PerSAM does)."""
+    from persam.backbone import build_architecture
+    from persam.training.module import decode
+
+    torch.manual_seed(0)
+    sam = build_architecture(**SMALL_ARCH).eval()
+    handle = personalize(sam)
+    feats = torch.randn(2, 32, 8, 8)
+    coords, labels = torch.rand(2, 1, 2) * 127, torch.ones(2, 1, dtype=torch.long)
+    guidance = attention_map(torch.rand(2, 8, 8), (8, 8))
+    targets = torch.randn(2, 32)
+    with torch.no_grad():
+        with handle.guide(guidance, targets):
+            both, _ = decode(sam, feats, (coords, labels), None, None)
+        plain, _ = decode(sam, feats, (coords, labels), None, None)
+        for i in range(2):
+            with handle.guide(guidance[i : i + 1], targets[i]):
+                alone, _ = decode(
+                    sam, feats[i : i + 1], (coords[i : i + 1], labels[i : i + 1]), None, None
+                )
+            torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(both[i], plain[i])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,6 @@ from persam.scale_weights import (
     reference_loss,
 )
 
-GOLDEN = Path(
-    os.environ.get(
-        "PERSAM_GOLDEN", Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-    )
-)
 OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 
 
@@ -223,28 +217,23 @@ def test_module_defaults_and_csv_logger(tmp_path):
 
 # ------------------------------------------------------------------ golden (official outputs)
 
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN / "reference" / "persam_f").is_dir(),
-    reason=f"golden outputs not found at {GOLDEN} (set PERSAM_GOLDEN to their folder)",
-)
-
 
 @pytest.fixture(scope="module")
-def golden_logits():
+def golden_logits(golden):
     """Per object: SAM's (3, H, W) multimask logits at the golden positive point, gt, reference."""
     cv2 = pytest.importorskip("cv2")
     from segment_anything import SamPredictor
 
     from persam.backbone import build_sam
 
-    arch = json.loads((GOLDEN / "tiny_sam.json").read_text())
-    sam = build_sam(name="tiny", checkpoint=GOLDEN / "tiny_sam.pth", device="cpu", **arch)
+    arch = json.loads((golden / "tiny_sam.json").read_text())
+    sam = build_sam(name="tiny", checkpoint=golden / "tiny_sam.pth", device="cpu", **arch)
     predictor = SamPredictor(sam)
     out = {}
     for obj in OBJECTS:
-        ref = np.load(GOLDEN / "reference" / "persam_f" / f"{obj}.npz")
-        image = cv2.imread(str(GOLDEN / "perseg-mini" / "Images" / obj / "00.jpg"))
-        mask = cv2.imread(str(GOLDEN / "perseg-mini" / "Annotations" / obj / "00.png"))
+        ref = np.load(golden / "reference" / "persam_f" / f"{obj}.npz")
+        image = cv2.imread(str(golden / "perseg-mini" / "Images" / obj / "00.jpg"))
+        mask = cv2.imread(str(golden / "perseg-mini" / "Annotations" / obj / "00.png"))
         gt = cv2.cvtColor(mask, cv2.COLOR_BGR2RGB)[:, :, 0] > 0  # official: R channel > 0
         predictor.set_image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         with torch.no_grad():
@@ -258,7 +247,6 @@ def golden_logits():
     return out
 
 
-@needs_golden
 @pytest.mark.golden
 @pytest.mark.slow
 @pytest.mark.parametrize("obj", OBJECTS)
@@ -278,7 +266,6 @@ GOLDEN_WEIGHT_TOL = 1e-4
 GOLDEN_LOSS_TOL = 2e-6
 
 
-@needs_golden
 @pytest.mark.golden
 @pytest.mark.slow
 @pytest.mark.parametrize("obj", OBJECTS)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_ARCH as ARCH
 from helpers import run_cli
 
 from persam.backbone import build_architecture
@@ -49,18 +50,6 @@ QUICK = [
     "trainer.max_steps=80",
     "progress=false",
 ]
-ARCH = dict(
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=1,
-    encoder_global_attn_indexes=[0],
-    image_size=128,
-    vit_patch_size=16,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    iou_head_hidden_dim=32,
-)
 
 
 def _train(tmp_path, name: str, extra=()):

@@ -14,7 +14,7 @@ orientation tags are refused, applied or ignored (`data.exif`) for images and ma
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -245,6 +245,26 @@ class ObjectSet:
     annotations: dict[str, Path]  # stem -> annotation path (may be missing on disk)
     warnings: list[str] = field(default_factory=list)
     exif: str = "error"  # data.exif: error | apply | ignore
+    # `data.reference=all`: every annotated image serves as the reference in turn.
+    all_references: bool = False
+
+    @property
+    def references(self) -> list[str]:
+        """The reference stems to run: `[reference]`, or every annotated image for `all`."""
+        if not self.all_references:
+            return [self.reference]
+        stems = [s for s in self.images if self.annotations[s].is_file()]
+        if len(stems) < 2:
+            raise DataError(
+                f"object '{self.name}' has {len(stems)} annotated image(s); data.reference=all "
+                f"needs at least 2 (one reference and one image to score). Add images or use a "
+                f"single reference (data.reference=00)."
+            )
+        return stems
+
+    def with_reference(self, stem: str) -> ObjectSet:
+        """This object with `stem` as its (single) reference."""
+        return replace(self, reference=stem, all_references=False)
 
     @property
     def reference_image(self) -> Path:
@@ -280,8 +300,13 @@ class PerSegDataset:
 
     Args:
       root: folder holding `Images/` and `Annotations/`.
-      reference: stem of the reference image of every object (`00`).
+      reference: stem of the reference image of every object (`00`), or `all`: every annotated
+        image of an object in turn.
       objects: names of the objects to use (all when None).
+      instances_root: folder of ground-truth instance maps, `<object>/<stem>.png` (indexed PNGs);
+        None: the connected components of the annotations.
+      reference_perturbation / perturbation_amount: degrade the reference mask
+        (`persam.data.perturb`: none, erode, dilate, shift, noise, box).
       exif: an image with an EXIF orientation tag is refused (`error`, naming the file), or
         the tag is applied to the image and its masks alike (`apply`) or ignored (`ignore`).
     """
@@ -291,11 +316,25 @@ class PerSegDataset:
         root: str | Path,
         reference: str = "00",
         objects: list[str] | None = None,
+        instances_root: str | Path | None = None,
+        reference_perturbation: str = "none",
+        perturbation_amount: float = 0.1,
         exif: str = "error",
     ):
+        from persam.data.perturb import check_perturbation
+
         self.root = Path(root).expanduser()
         self.reference = str(reference)
         self.exif = _exif_mode(exif)
+        self.instances_root = None if instances_root is None else Path(instances_root).expanduser()
+        if self.instances_root is not None and not self.instances_root.is_dir():
+            raise DataError(
+                f"data.instances_root {self.instances_root} is not a folder; it must hold "
+                f"<object>/<stem>.png instance maps, or leave it unset (connected components)."
+            )
+        check_perturbation(reference_perturbation, perturbation_amount)
+        self.reference_perturbation = reference_perturbation
+        self.perturbation_amount = float(perturbation_amount)
         self.images_dir = self.root / "Images"
         self.annotations_dir = self.root / "Annotations"
         if not self.images_dir.is_dir():
@@ -357,4 +396,9 @@ class PerSegDataset:
                         )
                     found[path.stem] = path
         annotations = {stem: found.get(stem, ann_dir / f"{stem}.png") for stem in images}
-        return ObjectSet(name, self.reference, images, annotations, warnings, self.exif)
+        if self.reference == "all":
+            reference = next(iter(images), "00")
+            return ObjectSet(
+                name, reference, images, annotations, warnings, all_references=True, exif=self.exif
+            )
+        return ObjectSet(name, self.reference, images, annotations, warnings, exif=self.exif)

@@ -19,11 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import cv2
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from persam.backbone import PIXEL_MEAN, PIXEL_STD
 from persam.data.synthetic import (
@@ -193,6 +194,65 @@ class PairBatches(IterableDataset):
         while True:
             yield self.batch(step)
             step += 1
+
+
+class ScenePairData(L.LightningDataModule):
+    """The training data of `python -m persam.train`: the scene pool (`render_pool`, rendered
+    once in `setup`) served as `PairBatches` of `batch_size` pairs.
+
+    Args: `image_size` is the model's input size (`backbone.image_size`); `batch_size`,
+    `extra_objects` as `PairBatches`; the scene fields as `DataConfig`; `progress` shows a bar
+    while rendering.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        batch_size: int = 6,
+        extra_objects: int = 0,
+        seed: int = 0,
+        num_identities: int = 480,
+        scenes_per_identity: int = 6,
+        world_size: int = 6,
+        distractors: int = 4,
+        workers: int = 2,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.scenes = DataConfig(
+            seed=seed,
+            num_identities=num_identities,
+            scenes_per_identity=scenes_per_identity,
+            world_size=world_size,
+            distractors=distractors,
+            workers=workers,
+        )
+        self.batches: PairBatches | None = None
+        self.render_seconds = 0.0
+
+    @property
+    def num_scenes(self) -> int:
+        return self.scenes.num_identities * self.scenes.scenes_per_identity
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.batches is not None:
+            return
+        start = time.perf_counter()
+        pool = render_pool(self.scenes, self.hparams.image_size, progress=self.hparams.progress)
+        self.batches = PairBatches(
+            pool,
+            self.hparams.batch_size,
+            self.hparams.image_size,
+            seed=self.scenes.seed,
+            extra_objects=self.hparams.extra_objects,
+        )
+        self.render_seconds = time.perf_counter() - start
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None, num_workers=0)
 
 
 def grid_fraction(mask: torch.Tensor, grid: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ Per batch (2B images, B identities x 2 scenes):
 1. The image encoder runs once on all images.
 2. Identity matching (what PerSAM's location prior needs): each image's mask-pooled mean
    feature (the "target embedding", on the feature grid) is compared by cosine similarity with
-   every feature of every image; `losses.identity_loss` makes the map high on the same
+   every feature of every image; `training.identity.identity_loss` makes the map high on the same
    identity's object and low elsewhere (distractors, background, other identities).
 3. Promptable segmentation as SAM is trained, `passes` decoder passes per batch: the first
    prompted by one positive point (ambiguous: SAM's three masks, min-over-masks loss), a
@@ -22,6 +22,7 @@ Per batch (2B images, B identities x 2 scenes):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,9 +32,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from persam.backbone import build_architecture
+from persam.backbone import build_architecture, load_checkpoint
 from persam.decoder import personalize
-from persam.training import losses
+from persam.guided_attention import attention_map
+from persam.losses import dice_loss, focal_loss, mask_iou
+from persam.training import identity as id_losses
 from persam.training.data import grid_fraction
 from persam.training.prompts import (
     PointSet,
@@ -44,6 +47,10 @@ from persam.training.prompts import (
 )
 
 FIRST_PROMPTS = ("point", "pos_neg", "box")
+# Focal loss weighting both classes alike: with detectron's alpha = 0.25 the foreground weighs a
+# third of the background and a model trained from scratch for a few hundred steps collapses to
+# empty masks.
+FOCAL_ALPHA = -1.0
 
 
 def decode(
@@ -78,23 +85,9 @@ def decode(
     return masks, md.iou_prediction_head(iou_token)
 
 
-def attention_guidance(sim: Tensor, valid: Tensor, patch: int) -> Tensor:
-    """PerSAM's guided-attention map from grid similarities (N, g, g) -> (N, 1, 1, g*g).
-
-    As `persam.guided_attention.attention_map` sees it: the map of the unpadded image,
-    standardised, bilinearly stretched over the whole grid, sigmoid.
-    """
-    g = sim.shape[-1]
-    out = []
-    for s, (h, w) in zip(sim, valid.tolist(), strict=True):
-        crop = s[: max(1, math.ceil(h / patch)), : max(1, math.ceil(w / patch))]
-        crop = (crop - crop.mean()) / crop.std().clamp_min(1e-6)
-        out.append(F.interpolate(crop[None, None], size=(g, g), mode="bilinear")[0])
-    return torch.stack(out).sigmoid().flatten(2).unsqueeze(1)
-
-
 class EmbeddedSamModule(L.LightningModule):
-    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`).
+    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`), from random
+    weights (torch's global seed) or from the state dict `init_from`.
 
     Only `self.sam`'s state dict is shipped; the identity loss's `logit_scale`/`logit_bias`
     are training-only parameters.
@@ -121,10 +114,17 @@ class EmbeddedSamModule(L.LightningModule):
         nce_temperature: float = 0.1,
         loss_size: int = 128,
         extra_weight: float = 1.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.sam = build_architecture(**architecture)
+        #: the SAM state dict training continued from (resolved path), or None (random init)
+        self.init_from = None
+        if init_from:
+            # e.g. the shipped weights; read at once, so that a bad file fails before rendering
+            self.init_from = str(Path(str(init_from)).expanduser().resolve())
+            load_checkpoint(self.sam, self.init_from)
         self.patch = int(architecture.get("vit_patch_size", 16))
         self.decoder_handle = personalize(self.sam)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -134,27 +134,19 @@ class EmbeddedSamModule(L.LightningModule):
 
     # -- pieces ----------------------------------------------------------------------------
     def _decode(self, features, points: PointSet, boxes, mask_input, guidance, semantic):
-        handle = self.decoder_handle
-        for attn in handle.attentions:
-            attn.guidance = guidance
-        handle.semantic.embedding = semantic
-        try:
+        with self.decoder_handle.guide(guidance, semantic):
             return decode(self.sam, features, points.tensors(features.device), boxes, mask_input)
-        finally:
-            for attn in handle.attentions:
-                attn.guidance = None
-            handle.semantic.embedding = None
 
     def _mask_losses(self, low: Tensor, iou_pred: Tensor, gt: Tensor, weight: Tensor):
         """Losses at the resolution of `gt` (the low-res logits upsampled bilinearly to it, as
         `Sam.postprocess_masks` does); `up` are those upsampled logits."""
         size = gt.shape[-2:]
         up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-        focal = losses.focal_loss(up, gt, weight)
-        dice = losses.dice_loss(up, gt, weight)
+        focal = focal_loss(up, gt, alpha=FOCAL_ALPHA, weight=weight)
+        dice = dice_loss(up, gt, weight)
         per_mask = self.hparams.focal_weight * focal + self.hparams.dice_weight * dice
         with torch.no_grad():
-            actual = losses.mask_iou(up, (gt > 0.5).float(), weight)
+            actual = mask_iou(up, (gt > 0.5).float(), weight)
         iou_loss = F.mse_loss(iou_pred, actual)
         return {
             "single": per_mask[:, 0].mean(),
@@ -243,10 +235,10 @@ class EmbeddedSamModule(L.LightningModule):
         for i, (h, w) in enumerate(valid.tolist()):
             weight[i, :, :h, :w] = 1.0
         valid_cells = grid_fraction(weight, g) > 0
-        inside = losses.cell_membership(frac)
-        protos = losses.prototypes(flat, inside)
-        sim = losses.similarity(flat, protos)
-        ident = losses.identity_loss(
+        inside = id_losses.cell_membership(frac)
+        protos = id_losses.prototypes(flat, inside)
+        sim = id_losses.similarity(flat, protos)
+        ident = id_losses.identity_loss(
             sim,
             frac,
             valid_cells,
@@ -261,9 +253,10 @@ class EmbeddedSamModule(L.LightningModule):
         guidance = semantic = None
         if rng.random() < self.hparams.guided_prob:
             ref_sim = sim.detach()[pair, torch.arange(n)].view(n, g, g)
-            guidance = attention_guidance(ref_sim, valid, self.patch)
+            cells = (valid + self.patch - 1) // self.patch  # grid cells of the unpadded image
+            guidance = attention_map(ref_sim, (g, g), valid=cells)
         if rng.random() < self.hparams.semantic_prob:
-            semantic = protos.detach()[pair].unsqueeze(1)
+            semantic = protos.detach()[pair]
 
         seg = self._segment(features, gt, weight, valid, rng, guidance, semantic)
         others_ok = batch.get("others_ok")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from persam.refine import mask_box
+
 NO_POINT = -1
 
 
@@ -20,14 +22,6 @@ def random_pixel(region: np.ndarray, rng: np.random.Generator) -> tuple[float, f
         return None
     i = int(rng.integers(xs.size))
     return float(xs[i]), float(ys[i])
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray | None:
-    """(x0, y0, x1, y1) of a bool mask, or None when it is empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
-        return None
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
 
 
 def jittered_box(

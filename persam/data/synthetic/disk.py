@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from filelock import FileLock
 
+from persam.data.instances import write_instances
 from persam.data.synthetic.identities import SPLITS, Identity, split_identities
 from persam.data.synthetic.scene import render_scene
 
@@ -28,14 +29,42 @@ JPEG_QUALITY = 95
 _FG_BGR = (0, 0, 128)  # PerSeg annotation foreground, as written by cv2 (BGR)
 
 
-def _params(split: str, seed: int, num_objects: int, images_per_object: int) -> dict:
-    return {
+def _params(split: str, seed: int, num_objects: int, images_per_object: int, copies=(1, 1)) -> dict:
+    params = {
         "generator_version": GENERATOR_VERSION,
         "split": split,
         "seed": seed,
         "num_objects": num_objects,
         "images_per_object": images_per_object,
     }
+    if tuple(copies) != (1, 1):
+        params["instances_per_image"] = list(copies)
+    return params
+
+
+def copies_range(instances_per_image) -> tuple[int, int]:
+    """`data.instances_per_image`: N, or [lo, hi] (drawn per test image) -> (lo, hi)."""
+    value = instances_per_image
+    if isinstance(value, str) and "-" in value:
+        value = value.split("-", 1)
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        value = [value, value]
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = 0
+    if not 1 <= lo <= hi <= 20:
+        raise ValueError(
+            f"data.instances_per_image must be N or [lo, hi] with 1 <= lo <= hi <= 20 (e.g. "
+            f"[1, 3]), got {instances_per_image!r}"
+        )
+    return lo, hi
+
+
+def split_folder(root: Path, split: str, copies=(1, 1)) -> Path:
+    """`root/<split>`, or `root/<split>_copies<lo>-<hi>` for a multi-instance world."""
+    lo, hi = copies
+    return root / split if (lo, hi) == (1, 1) else root / f"{split}_copies{lo}-{hi}"
 
 
 def _object_name(index: int, identity: Identity) -> str:
@@ -60,11 +89,19 @@ def _is_complete(split_dir: Path, params: dict) -> bool:
                 return False
             if not (split_dir / "Annotations" / name / f"{k:02d}.png").is_file():
                 return False
+            multi = "instances_per_image" in params
+            if multi and not (split_dir / "Instances" / name / f"{k:02d}.png").is_file():
+                return False
     return True
 
 
 def _write_split(
-    out: Path, split: str, seed: int, identities: list[Identity], images_per_object: int
+    out: Path,
+    split: str,
+    seed: int,
+    identities: list[Identity],
+    images_per_object: int,
+    copies=(1, 1),
 ) -> list[dict]:
     objects = []
     for i, ident in enumerate(identities):
@@ -74,8 +111,14 @@ def _write_split(
         ann_dir.mkdir(parents=True)
         for k in range(images_per_object):
             rng = np.random.default_rng([SPLITS[split], seed, i, k, GENERATOR_VERSION])
-            scene = render_scene(ident, rng, distractor_pool=identities)
+            n_copies = 1
+            if k > 0 and tuple(copies) != (1, 1):  # the usual reference (00) shows one copy
+                draw = np.random.default_rng([SPLITS[split], seed, i, k, GENERATOR_VERSION, 1])
+                n_copies = int(draw.integers(copies[0], copies[1] + 1))
+            scene = render_scene(ident, rng, distractor_pool=identities, copies=n_copies)
             image, mask = scene.image, scene.mask
+            if tuple(copies) != (1, 1):
+                write_instances(out / "Instances" / name / f"{k:02d}.png", scene.instances)
             ok = cv2.imwrite(
                 str(img_dir / f"{k:02d}.jpg"),
                 cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
@@ -105,6 +148,7 @@ def ensure_synthetic(
     num_objects: int = 6,
     images_per_object: int = 4,
     train_objects: int = 32,
+    instances_per_image=1,
 ) -> Path:
     """Generate the synthetic PerSeg-layout split under ``root`` unless already complete.
 
@@ -125,22 +169,28 @@ def ensure_synthetic(
         images_per_object: images (scenes) per object; ``00`` is the usual reference.
         train_objects: number of objects of the ``train`` split (used instead of
             ``num_objects`` when ``split == "train"``).
+        instances_per_image: copies of the object per image (``N`` or ``[lo, hi]``, drawn per
+            image; image ``00`` always shows one); other than 1, the split goes to
+            ``root/<split>_copies<lo>-<hi>`` and ``Instances/<obj>/NN.png`` holds the indexed
+            instance maps (0 background, 1..K the copies).
 
     Returns:
-        The split folder ``root/<split>``.
+        The split folder ``root/<split>`` (``root/<split>_copies<lo>-<hi>``).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     n_objects = train_objects if split == "train" else num_objects
     if n_objects < 1 or images_per_object < 1:
         raise ValueError("need at least one object and one image per object")
+    copies = copies_range(instances_per_image)
     root = Path(root)
-    split_dir = root / split
-    params = _params(split, seed, n_objects, images_per_object)
+    split_dir = split_folder(root, split, copies)
+    params = _params(split, seed, n_objects, images_per_object, copies)
     if _is_complete(split_dir, params):
         return split_dir
 
     root.mkdir(parents=True, exist_ok=True)
+    split = split_dir.name  # names the lock and the temporary folders
     with FileLock(str(root / f".{split}.lock")):
         if _is_complete(split_dir, params):  # another process finished meanwhile
             return split_dir
@@ -151,8 +201,10 @@ def ensure_synthetic(
         tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=root))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the split is meant to be shared
         try:
-            identities = split_identities(split, seed, n_objects)
-            objects = _write_split(tmp, split, seed, identities, images_per_object)
+            identities = split_identities(params["split"], seed, n_objects)
+            objects = _write_split(
+                tmp, params["split"], seed, identities, images_per_object, copies
+            )
             manifest = {"params": params, "objects": objects}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             old = None
@@ -176,11 +228,33 @@ def synthetic_dataset(
     images_per_object: int = 4,
     reference: str = "00",
     objects: list[str] | None = None,
+    instances_per_image=1,
+    instances_root: str | None = None,
+    reference_perturbation: str = "none",
+    perturbation_amount: float = 0.1,
 ):
-    """The synthetic split as a `PerSegDataset` (generated under `root` on first use)."""
+    """The synthetic split as a `PerSegDataset` (generated under `root` on first use).
+
+    With `instances_per_image` other than 1 the ground-truth instances are the drawn copies
+    (the split's `Instances/`) unless `instances_root` says otherwise.
+    """
     from persam.data.perseg import PerSegDataset
 
     split_root = ensure_synthetic(
-        root, split=split, seed=seed, num_objects=num_objects, images_per_object=images_per_object
+        root,
+        split=split,
+        seed=seed,
+        num_objects=num_objects,
+        images_per_object=images_per_object,
+        instances_per_image=instances_per_image,
     )
-    return PerSegDataset(split_root, reference=reference, objects=objects)
+    if instances_root is None and copies_range(instances_per_image) != (1, 1):
+        instances_root = split_root / "Instances"
+    return PerSegDataset(
+        split_root,
+        reference=reference,
+        objects=objects,
+        instances_root=instances_root,
+        reference_perturbation=reference_perturbation,
+        perturbation_amount=perturbation_amount,
+    )

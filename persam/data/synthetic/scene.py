@@ -43,11 +43,14 @@ class Scene:
         mask: bool (H, W), the visible target pixels.
         labels: uint8 (H, W), ``k`` (1-based) on the visible pixels of the k-th distractor
             drawn, 0 elsewhere; ``None`` unless asked for (``distractor_labels``).
+        instances: uint8 (H, W), ``k`` (1-based) on the visible pixels of the k-th copy of the
+            target (``mask`` is ``instances > 0``).
     """
 
     image: np.ndarray
     mask: np.ndarray
     labels: np.ndarray | None = None
+    instances: np.ndarray | None = None
 
 
 def _sample_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -144,6 +147,7 @@ def render_scene(
     max_occluders: int = 2,
     max_occlusion: float = 0.15,
     distractor_labels: bool = False,
+    copies: int = 1,
 ) -> Scene:
     """Render one scene of ``identity`` in memory.
 
@@ -160,6 +164,10 @@ def render_scene(
         distractor_labels: also fill ``Scene.labels`` with the visible pixels of every
             distractor (training data for promptable segmentation of more than the target).
             Draws nothing differently.
+        copies: copies of the target in the scene (each its own pose, scale 0.7-1.3x of the
+            first and colour jitter, drawn over the first and covering at most 20% of the
+            copies before it; a copy that finds no such place in 10 tries is left out). With 1
+            the scene is exactly the single-target one.
 
     Returns:
         The :class:`Scene` (``labels`` is ``None`` without ``distractor_labels``).
@@ -196,6 +204,23 @@ def render_scene(
     assert placed is not None  # the target lies inside the image
     blend(img, placed, *colour_jitter(rng))
     full = full_mask(placed, (h, w))
+    instances = full.astype(np.uint8)
+    for _copy in range(copies - 1):
+        for _attempt in range(10):
+            c_diameter = diameter * rng.uniform(0.7, 1.3)
+            c_r = min(c_diameter / 2, (min(h, w) - 1) / 2)
+            c_centre = (float(rng.uniform(c_r, w - c_r)), float(rng.uniform(c_r, h - c_r)))
+            c_placed = warp(
+                cached_sprite(identity), c_centre, 2 * c_r, float(rng.uniform(0, 2 * np.pi)), (h, w)
+            )
+            if c_placed is None:
+                continue
+            c_mask = full_mask(c_placed, (h, w))
+            if int((c_mask & (instances > 0)).sum()) <= 0.2 * int(c_mask.sum()):
+                blend(img, c_placed, *colour_jitter(rng))
+                instances[c_mask] = instances.max() + 1
+                break
+    full = instances > 0
     visible = full.copy()
     min_visible = (1.0 - max_occlusion) * int(full.sum())
 
@@ -213,6 +238,7 @@ def render_scene(
             if int((visible & ~o_mask).sum()) >= min_visible:
                 blend(img, o_placed, *colour_jitter(rng))
                 visible &= ~o_mask
+                instances[o_mask] = 0
                 if labels is not None:
                     labels[o_mask] = 0
                 break
@@ -228,4 +254,4 @@ def render_scene(
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     if labels is not None:
         labels[full] = 0
-    return Scene(image=image, mask=visible, labels=labels)
+    return Scene(image=image, mask=visible, labels=labels, instances=instances)

@@ -1,7 +1,6 @@
-"""Losses: SAM's mask losses (focal + dice, IoU-head regression) and the identity-matching loss.
+"""The identity-matching loss on the encoder features (what PerSAM's location prior needs).
 
-Mask losses take logits (B, K, S, S), a target (B, 1, S, S) in {0, 1} and a weight (B, 1, S, S)
-that is 1 on the valid (unpadded) pixels; they return one value per (sample, mask): (B, K).
+The mask losses (focal, dice, the IoU-head target) are `persam.losses`, shared with PerSAM-F.
 """
 
 from __future__ import annotations
@@ -9,43 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def focal_loss(
-    logits: Tensor, target: Tensor, weight: Tensor, alpha: float = -1.0, gamma: float = 2.0
-) -> Tensor:
-    """Sigmoid focal loss (Lin et al.), mean over the valid pixels -> (B, K).
-
-    `alpha < 0` (the default here) weighs both classes alike: with detectron's alpha = 0.25 the
-    foreground weighs a third of the background and a model trained from scratch for a few
-    hundred steps collapses to empty masks.
-    """
-    target = target.expand_as(logits)
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    return (loss * weight).sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(1.0)
-
-
-def dice_loss(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """1 - soft Dice over the valid pixels -> (B, K)."""
-    prob = logits.sigmoid() * weight
-    target = target.expand_as(logits) * weight
-    inter = (prob * target).sum((-2, -1))
-    total = prob.sum((-2, -1)) + target.sum((-2, -1))
-    return 1 - (2 * inter + 1) / (total + 1)
-
-
-def mask_iou(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """IoU of the binarised prediction (logit > 0) with the target, valid pixels only -> (B, K)."""
-    pred = (logits > 0).float() * weight
-    target = target.expand_as(logits) * weight
-    inter = (pred * target).sum((-2, -1))
-    union = (pred + target - pred * target).sum((-2, -1))
-    return inter / union.clamp_min(1.0)
 
 
 def cell_membership(frac: Tensor) -> Tensor:

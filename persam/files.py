@@ -1,0 +1,48 @@
+"""Atomic file writes: a file is either its old version or the complete new one, never half.
+
+Every file the product writes that a later run reads (metrics, the embedding cache, a trained
+checkpoint and its record) goes through :func:`atomic_write` or :func:`replacing`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "replacing"]
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to; it replaces ``path`` when the
+    block ends without error.
+
+    The temporary file has ``path``'s own name, inside a hidden folder beside it (so writers
+    that record the file name, as ``torch.save`` does, write the same bytes). The parent folder
+    is created. On any error (or Ctrl-C) the temporary folder is removed and ``path`` keeps its
+    previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield folder / path.name
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], binary=False) -> None:
+    """Call ``write(f)`` on a new file and put it in place of ``path`` (see :func:`replacing`).
+
+    ``binary`` opens the file in ``"wb"`` mode, else text mode with ``newline=""`` (as the csv
+    module wants).
+    """
+    with replacing(path) as tmp:
+        with open(tmp, "wb") if binary else open(tmp, "w", newline="") as f:
+            write(f)

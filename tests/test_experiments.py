@@ -1,0 +1,72 @@
+"""Every experiment config (conf/experiment/*.yaml) runs end to end as its documented command
+does (`python -m persam.run -m experiment=<name>`), with tiny overrides, then `persam.report`
+summarises its sweep: the lightning-hydra-template's way of testing experiments."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+from hydra import compose, initialize_config_dir
+
+from persam.conf import CONFIG_DIR
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+# One synthetic object with two images, the embedded SAM (small, real weights), no files that do
+# not change the metrics. They replace the experiment's data and backbone (and so its sweep over
+# backbones: SAM's ViTs are not loadable here), not its methods or ablations.
+TINY = [
+    "data=synthetic",
+    "data.num_objects=1",
+    "data.images_per_object=2",
+    "backbone=embedded",
+    "logger=none",
+    "overlays=false",
+    "progress=false",
+]
+
+
+def _expected_jobs(experiment: str) -> list[dict[str, str]]:
+    """The sweep's jobs: the experiment's sweeper params, minus those TINY replaces."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    fixed = {o.split("=")[0] for o in TINY}
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items() if k not in fixed}
+    return [
+        dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())
+    ]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_end_to_end(experiment, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", f"experiment={experiment}", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    expected = _expected_jobs(experiment)
+    jobs = sorted(
+        (p for p in sweep.iterdir() if (p / "metrics.json").is_file()), key=lambda p: int(p.name)
+    )
+    assert len(jobs) == len(expected) >= 1
+    for job, params in zip(jobs, expected, strict=True):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["n_failed"] == 0, metrics
+        assert 0.0 < metrics["miou"] <= 1.0
+        for key, value in params.items():
+            assert f"{key}={value}" in metrics["overrides"], (key, metrics["overrides"])
+        if params.get("method") == "persam_f" or (
+            "method" not in params and metrics["method"] == "persam_f"
+        ):
+            assert all("mask_weights" in r for r in metrics["objects"].values())
+
+    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert len(rows) == len(expected)
