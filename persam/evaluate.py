@@ -44,7 +44,8 @@ def _fit_fields(target: Target) -> dict[str, Any]:
     if target.mask_weights is not None:
         out["mask_weights"] = [float(w) for w in target.mask_weights]
     if target.fit is not None:
-        out["fit_seconds"] = float(target.fit.seconds)
+        out["fit_seconds"] = float(target.fit.fit_seconds)
+        out["compile_seconds"] = float(target.fit.compile_seconds)
         out["final_loss"] = float(target.fit.final_loss)
     return out
 

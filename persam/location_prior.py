@@ -12,18 +12,23 @@ import torch.nn.functional as F
 from segment_anything import SamPredictor
 
 
-def reference_mask_on_grid(predictor: SamPredictor, mask_rgb: np.ndarray) -> torch.Tensor:
-    """The reference mask as the official code sees it on the h x w feature grid -> bool (h, w).
+def reference_grid_values(predictor: SamPredictor, mask_rgb: np.ndarray) -> torch.Tensor:
+    """The reference annotation as the official code sees it on the h x w feature grid -> (h, w).
 
     The RGB annotation goes through the image's own resize and `Sam.preprocess` (normalised by
     pixel mean/std, zero-padded), is bilinearly resized to the grid, and its first channel is
-    thresholded at 0. The predictor must hold the reference image's features.
+    kept. The predictor must hold the reference image's features (for the grid size).
     """
     resized = predictor.transform.apply_image(mask_rgb)
     tensor = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
     padded = predictor.model.preprocess(tensor)
     grid = predictor.features.shape[-2:]
-    return F.interpolate(padded, size=grid, mode="bilinear").squeeze(0)[0] > 0
+    return F.interpolate(padded, size=grid, mode="bilinear").squeeze(0)[0]
+
+
+def reference_mask_on_grid(predictor: SamPredictor, mask_rgb: np.ndarray) -> torch.Tensor:
+    """The reference mask on the feature grid -> bool (h, w): `reference_grid_values` > 0."""
+    return reference_grid_values(predictor, mask_rgb) > 0
 
 
 def target_features(features: torch.Tensor, grid_mask: torch.Tensor) -> torch.Tensor:
@@ -62,19 +67,29 @@ def similarity_map(predictor: SamPredictor, target: torch.Tensor) -> torch.Tenso
     return sim.squeeze(0).squeeze(0)
 
 
-def select_points(sim: torch.Tensor, negative: bool = True, positive: bool = True):
+def mask_image(mask: np.ndarray, value: int = 128) -> np.ndarray:
+    """A bool/0-1 mask (H, W) as the RGB annotation the official code feeds the grid: (H, W, 3)
+    uint8 with channel 0 = mask * `value` (PerSeg's red 128; the video scripts' `exp` = 215)."""
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    out[..., 0] = mask.astype(np.uint8) * np.uint8(value)
+    return out
+
+
+def select_points(sim: torch.Tensor, negative: bool = True, positive: bool = True, topk: int = 1):
     """Arg-max (label 1) and arg-min (label 0) of the similarity map (H, W).
 
-    Returns (coords (N, 2) int64 as (x, y), labels (N,) int64); N = positive + negative.
+    `topk` > 1 takes the k highest locations as positive points, in descending order (the
+    official video scripts: 2 for PerSAM, 1 for PerSAM-F).
+    Returns (coords (N, 2) int64 as (x, y), labels (N,) int64); N = topk * positive + negative.
     Ties resolve as `torch.topk` does, like the official code.
     """
     width = sim.shape[1]
     coords, labels = [], []
     flat = sim.flatten()
     if positive:
-        idx = int(flat.topk(1)[1])
-        coords.append((idx % width, idx // width))
-        labels.append(1)
+        for idx in flat.topk(topk)[1].tolist():
+            coords.append((idx % width, idx // width))
+            labels.append(1)
     if negative:
         idx = int(flat.topk(1, largest=False)[1])
         coords.append((idx % width, idx // width))

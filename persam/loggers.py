@@ -36,8 +36,17 @@ class RunLogger:
         if len(self.images) < self.max_images:
             self.images.append((caption, path))
 
-    def finish(self, summary: dict, unit_key: str, columns: list[str]) -> None:
-        """Log the units of `summary[unit_key]` as a table and its top-level numbers."""
+    def finish(
+        self,
+        summary: dict,
+        unit_key: str,
+        columns: list[str],
+        fine_rows: tuple[str, list[dict]] | None = None,
+    ) -> None:
+        """Log the units of `summary[unit_key]` as a table and its top-level numbers.
+
+        `fine_rows` = (key, rows): a second table (e.g. one row per object of every video
+        sequence). Animated overlays (.gif, .mp4) go to the logger as videos."""
         if self.logger is None:
             return
         units = summary.get(unit_key, {})
@@ -53,11 +62,25 @@ class RunLogger:
         if hasattr(self.logger, "log_table"):
             self.logger.log_table(key=unit_key, columns=header, data=rows)
             self.logger.experiment.summary.update(metrics)
-            if self.images and hasattr(self.logger, "log_image"):
+            if fine_rows is not None and fine_rows[1]:
+                key, table = fine_rows
+                fields = list(dict.fromkeys(k for row in table for k in row))
+                data = [[_cell(row.get(k)) for k in fields] for row in table]
+                self.logger.log_table(key=key, columns=fields, data=data)
+            stills = [(c, p) for c, p in self.images if Path(p).suffix not in _VIDEO_SUFFIXES]
+            videos = [(c, p) for c, p in self.images if Path(p).suffix in _VIDEO_SUFFIXES]
+            if stills and hasattr(self.logger, "log_image"):
                 self.logger.log_image(
                     key="overlays",
-                    images=[str(p) for _, p in self.images],
-                    caption=[c for c, _ in self.images],
+                    images=[str(p) for _, p in stills],
+                    caption=[c for c, _ in stills],
+                )
+            if videos and hasattr(self.logger, "log_video"):
+                self.logger.log_video(
+                    key="overlays",
+                    videos=[str(p) for _, p in videos],
+                    caption=[c for c, _ in videos],
+                    format=[Path(p).suffix[1:] for _, p in videos],
                 )
         else:
             for step, (name, result) in enumerate(units.items()):
@@ -71,6 +94,8 @@ class RunLogger:
         self.logger.save()
         self.logger.finalize("success" if summary.get("n_failed", 0) == 0 else "failed")
 
+
+_VIDEO_SUFFIXES = (".gif", ".mp4")
 
 # Per-unit fields shown in the table besides the task's columns (PerSAM-F's fit results).
 _TABLE_EXTRAS = ("mask_weights", "fit_seconds")

@@ -57,13 +57,28 @@ def write_metrics(
     summary: dict,
     unit_key: str = "objects",
     columns: list[str] = OBJECT_COLUMNS,
+    rows: tuple[str, list[dict]] | None = None,
 ) -> None:
     """`metrics.json` (the whole summary) and `metrics.csv` (one row per unit of `unit_key`).
 
     `columns` come first, in order (the first names the unit); any other scalar or list field
-    of the entries follows, sorted.
+    of the entries follows, sorted. `rows` = (key, list of row dicts) replaces the per-unit rows
+    (e.g. one per object of every video sequence), columns in their first row's order.
     """
     atomic_write(run_dir / "metrics.json", lambda f: json.dump(summary, f, indent=2, default=float))
+    if rows is not None:
+        fields = list(dict.fromkeys(k for row in rows[1] for k in row))
+
+        def fine(f):
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for row in rows[1]:
+                writer.writerow(
+                    {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
+                )
+
+        atomic_write(run_dir / "metrics.csv", fine)
+        return
     entries = summary.get(unit_key, {})
     extra = sorted(
         {

@@ -13,17 +13,33 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from segment_anything import SamPredictor
 
 log = logging.getLogger(__name__)
 
 
-def mask_box(mask: np.ndarray) -> np.ndarray | None:
-    """(x_min, y_min, x_max, y_max) of a bool mask (H, W), or None when it is empty."""
+def mask_box(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
+    """(x_min, y_min, x_max, y_max) of a bool mask (H, W), or None when it is empty.
+
+    `margin` > 0 expands the box as the official video scripts do: each side moves out by
+    `margin`, the minima clip at 0 and the maxima at W and H (not W - 1 and H - 1).
+    """
     y, x = np.nonzero(mask)
     if x.size == 0:
         return None
-    return np.array([x.min(), y.min(), x.max(), y.max()])
+    box = np.array([x.min(), y.min(), x.max(), y.max()])
+    if margin:
+        h, w = mask.shape
+        box = np.array(
+            [
+                0 if box[0] - margin <= 0 else box[0] - margin,
+                0 if box[1] - margin <= 0 else box[1] - margin,
+                w if box[2] + margin >= w else box[2] + margin,
+                h if box[3] + margin >= h else box[3] + margin,
+            ]
+        )
+    return box
 
 
 @dataclass
@@ -34,6 +50,46 @@ class Refinement:
     logits: np.ndarray  # 1 x 256 x 256 low-res logits of `mask`
     steps: list[tuple[np.ndarray, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)  # (3,) predicted IoUs of each pass
+    boxes: list[np.ndarray | None] = field(default_factory=list)  # box prompt of each pass
+    high_res: np.ndarray | None = None  # (H, W) logits of `mask` when `keep_logits`
+
+
+class EmptyMaskError(ValueError):
+    """A refinement pass needs the box of an empty mask (`on_empty="raise"`)."""
+
+
+def decode(
+    predictor: SamPredictor,
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None = None,
+    mask_input: np.ndarray | None = None,
+    return_logits: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAM's three masks for B prompts on the predictor's image, in one decoder pass.
+
+    coords (B, N, 2) (x, y) original pixels or None, labels (B, N), boxes (B, 4) or None,
+    mask_input (B, 1, h, w) or None -> masks (B, 3, H, W) (bool, or logits with
+    `return_logits`), scores (B, 3), low-res logits (B, 3, h, w). With B = 1 this is exactly
+    `SamPredictor.predict` (same transforms, same `predict_torch` call).
+    """
+    device = predictor.device
+    coords_t = labels_t = boxes_t = mask_t = None
+    if coords is not None:
+        coords = predictor.transform.apply_coords(coords, predictor.original_size)
+        coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)
+        labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
+    if boxes is not None:
+        boxes = predictor.transform.apply_boxes(boxes, predictor.original_size)
+        boxes_t = torch.as_tensor(boxes, dtype=torch.float, device=device)[:, None, :]
+    if mask_input is not None:
+        mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)
+    with torch.no_grad():
+        masks, scores, low = predictor.predict_torch(
+            coords_t, labels_t, boxes_t, mask_t, multimask_output=True, return_logits=return_logits
+        )
+    return masks.cpu().numpy(), scores.cpu().numpy(), low.cpu().numpy()
 
 
 def cascaded_refinement(
@@ -44,25 +100,86 @@ def cascaded_refinement(
     logits: np.ndarray,
     steps: int = 2,
     box_on_first: bool = False,
+    keep_logits: bool = False,
+    on_empty: str = "no_box",
 ) -> Refinement:
-    """Refine `mask` (H, W) with low-res `logits` (1, 256, 256) by `steps` (0, 1 or 2) passes."""
-    result = Refinement(mask=mask, logits=logits)
-    for step in range(1, steps + 1):
-        box = None
-        if step > 1 or box_on_first:
-            box = mask_box(result.mask)
-            if box is None:
-                msg = f"refinement step {step}: the previous mask is empty, so no box prompt; ran without it"
-                log.warning(msg)
-                result.warnings.append(msg)
-        masks, scores, low_res = predictor.predict(
-            point_coords=coords if coords is not None and len(coords) else None,
-            point_labels=labels if labels is not None and len(labels) else None,
-            box=None if box is None else box[None, :],
-            mask_input=result.logits,
-            multimask_output=True,
-        )
-        best = int(np.argmax(scores))
-        result.mask, result.logits = masks[best], low_res[best : best + 1]
-        result.steps.append((result.mask, best))
+    """Refine `mask` (H, W) with low-res `logits` (1, 256, 256) by `steps` (0, 1 or 2) passes.
+
+    `keep_logits`: the last pass also returns its full-resolution logits (`high_res`), as the
+    video scripts need them to merge objects. `on_empty`: what a pass does when the mask whose
+    box it needs is empty: `no_box` (run without a box, record a warning) or `raise`
+    (`EmptyMaskError`, where the official code crashes).
+    """
+    has_points = coords is not None and len(coords) > 0
+    (result,) = cascaded_refinement_batch(
+        predictor,
+        coords[None] if has_points else None,
+        labels[None] if has_points else None,
+        mask[None],
+        logits[None],
+        steps=steps,
+        box_on_first=box_on_first,
+        keep_logits=keep_logits,
+        on_empty=on_empty,
+    )
     return result
+
+
+def cascaded_refinement_batch(
+    predictor: SamPredictor,
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    masks: np.ndarray,
+    logits: np.ndarray,
+    steps: int = 2,
+    box_on_first: bool = False,
+    keep_logits: bool = False,
+    on_empty: str = "no_box",
+) -> list[Refinement]:
+    """`cascaded_refinement` of B objects on one image, each pass one decoder call for all.
+
+    coords (B, N, 2) or None, labels (B, N), masks (B, H, W), logits (B, 1, h, w) -> one
+    `Refinement` per object. Objects whose box prompt is missing (empty mask, `no_box`) go
+    through that pass in a second call without a box.
+    """
+    if on_empty not in ("no_box", "raise"):
+        raise ValueError(f"on_empty must be no_box or raise, got {on_empty!r}")
+    results = [Refinement(mask=m, logits=lg) for m, lg in zip(masks, logits, strict=True)]
+    for step in range(1, steps + 1):
+        boxes: list[np.ndarray | None] = [None] * len(results)
+        if step > 1 or box_on_first:
+            for b, result in enumerate(results):
+                boxes[b] = mask_box(result.mask)
+                if boxes[b] is None:
+                    msg = f"refinement step {step}: the previous mask is empty, so no box prompt"
+                    if on_empty == "raise":
+                        raise EmptyMaskError(msg)
+                    msg += "; ran without it"
+                    log.warning(msg)
+                    result.warnings.append(msg)
+        last = step == steps and keep_logits
+        with_box = [b for b, box in enumerate(boxes) if box is not None]
+        without = [b for b, box in enumerate(boxes) if box is None]
+        for group in (with_box, without):
+            if not group:
+                continue
+            out, scores, low_res = decode(
+                predictor,
+                None if coords is None else coords[group],
+                None if labels is None else labels[group],
+                np.stack([boxes[b] for b in group]) if group is with_box else None,
+                np.stack([results[b].logits for b in group]),
+                return_logits=last,
+            )
+            for k, b in enumerate(group):
+                result = results[b]
+                best = int(np.argmax(scores[k]))
+                step_masks = out[k]
+                if last:
+                    result.high_res = step_masks[best]
+                    step_masks = step_masks > predictor.model.mask_threshold
+                result.mask, result.logits = step_masks[best], low_res[k, best : best + 1]
+                result.steps.append((result.mask, best))
+                result.scores.append(scores[k])
+                result.boxes.append(boxes[b])
+    return results

@@ -13,10 +13,13 @@ variant by the overrides that differ between jobs, and writes into the sweep fol
 With instance metrics (every run has them) report.md also lists instance precision / recall /
 F1 per variant; with data.reference=all, each object's IoU mean, std, min and max over references.
 
+Video sweeps (`persam.video -m ...`, units = sequences) are reported the same way with J&F,
+J and F per variant and J&F per sequence (`report_sequences.csv`).
+
 Only complete runs are ranked. Jobs that did not finish (no metrics.json, or `complete: false`
 in it: killed or interrupted, reported as "incomplete" with the command that resumes them),
 jobs of the sweep that never started (listed in `<sweep>/multirun.yaml`, no job folder), and
-jobs with failed objects are listed under the problems; the complete ones are still reported.
+jobs with failed units are listed under the problems; the complete ones are still reported.
 """
 
 from __future__ import annotations
@@ -33,6 +36,27 @@ import yaml
 from persam.preflight import IGNORED_KEYS
 
 METRICS = ("miou", "mbiou", "macc")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a run's units are and which of its numbers the report shows."""
+
+    unit_key: str  # key of the per-unit entries in metrics.json
+    metrics: tuple[str, ...]  # run-level numbers
+    labels: tuple[str, ...]  # their names in the report
+    unit_metrics: tuple[str, ...]  # per-unit numbers (the first one in the per-unit table)
+
+
+OBJECTS = Kind("objects", METRICS, ("mIoU", "mBIoU", "mAcc"), ("iou", "biou", "acc"))
+SEQUENCES = Kind(
+    "sequences", ("jf", "j_mean", "f_mean"), ("J&F", "J", "F"), ("jf", "j_mean", "f_mean")
+)
+
+
+def kind_of(metrics: dict) -> Kind:
+    """Video runs have `sequences`; image runs `objects`."""
+    return SEQUENCES if "sequences" in metrics else OBJECTS
 
 
 class ReportError(RuntimeError):
@@ -87,10 +111,22 @@ def _incomplete(folder: Path, metrics: dict) -> str:
     done = len(metrics[units[0]]) if units else 0
     expected = metrics.get("expected")
     count = f"{done} of {len(expected)}" if isinstance(expected, list) else str(done)
+    module = "persam.video" if units == ["sequences"] else "persam.run"
     return (
-        f"incomplete: {count} units finished (killed or interrupted); not ranked. Finish it "
-        f"with `python -m persam.run resume=true hydra.run.dir={folder}`"
+        f"incomplete: {count} {units[0] if units else 'units'} finished (killed or "
+        f"interrupted); not ranked. Finish it with `python -m {module} resume=true "
+        f"hydra.run.dir={folder}`"
     )
+
+
+def _entry_module(sweep: Path) -> str:
+    """`persam.video` for a video sweep (its config has the `video` group), else `persam.run`."""
+    try:
+        cfg = yaml.safe_load((Path(sweep) / "multirun.yaml").read_text()) or {}
+        choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
+    except Exception:  # noqa: BLE001
+        return "persam.run"
+    return "persam.video" if "video" in choices else "persam.run"
 
 
 def expected_jobs(sweep: Path) -> list[list[str]] | None:
@@ -153,9 +189,11 @@ def find_jobs(sweep: Path) -> list[Job]:
         if metrics is not None and metrics.get("complete", True) is not True:
             problems.append(_incomplete(folder, metrics))
         if metrics is not None and metrics.get("n_failed"):
-            problems.append(f"failed objects: {', '.join(metrics.get('failed', []))}")
+            unit = kind_of(metrics).unit_key
+            problems.append(f"failed {unit}: {', '.join(metrics.get('failed', []))}")
         jobs.append(Job(folder, _read_overrides(folder), metrics, problems=problems))
     if sweep not in candidates:
+        module = _entry_module(sweep)
         present = [sorted(j.overrides) for j in jobs]
         for number, overrides in enumerate(expected_jobs(sweep) or []):
             if sorted(overrides) in present:
@@ -169,7 +207,7 @@ def find_jobs(sweep: Path) -> list[Job]:
                     problems=[
                         f"never started: job {number} of the sweep in multirun.yaml has no "
                         f"finished job folder ({folder}); not ranked. Run it with "
-                        f"`python -m persam.run {' '.join(overrides)} hydra.run.dir={folder}`"
+                        f"`python -m {module} {' '.join(overrides)} hydra.run.dir={folder}`"
                     ],
                     started=False,
                 )
@@ -207,40 +245,43 @@ def build_report(sweep: Path) -> dict:
         lines = "\n".join(f"  {j.folder.name}: {'; '.join(j.problems)}" for j in jobs)
         raise ReportError(f"No finished runs (none complete) in {sweep}:\n{lines}")
 
+    kind = kind_of(done[0].metrics)
+    mixed = [j.folder.name for j in done if kind_of(j.metrics) is not kind]
+    if mixed:
+        raise ReportError(
+            f"{sweep} mixes image and video runs ({', '.join(mixed)} differ from "
+            f"{done[0].folder.name}); report them separately."
+        )
+    unit = kind.unit_key
+    singular = unit[:-1]
     rows = [
         {
             "variant": j.name,
             "job": j.folder.name,
-            **{m: j.metrics.get(m) for m in METRICS},
-            "n_objects": j.metrics.get("n_objects"),
+            **{m: j.metrics.get(m) for m in kind.metrics},
+            f"n_{unit}": j.metrics.get(f"n_{unit}", len(j.metrics.get(unit, {}))),
             "n_failed": j.metrics.get("n_failed", 0),
             "method": j.metrics.get("method"),
             "backbone": j.metrics.get("backbone"),
         }
         for j in done
     ]
-    objects = sorted({o for j in done for o in j.metrics.get("objects", {})})
+    objects = sorted({o for j in done for o in j.metrics.get(unit, {})})
     object_rows = []
     for j in done:
-        for name, r in j.metrics.get("objects", {}).items():
-            object_rows.append(
-                {
-                    "variant": j.name,
-                    "object": name,
-                    "status": r.get("status"),
-                    "iou": r.get("iou"),
-                    "biou": r.get("biou"),
-                    "acc": r.get("acc"),
-                    "error": r.get("error"),
-                    "mask_weights": json.dumps(r["mask_weights"]) if "mask_weights" in r else "",
-                }
-            )
+        for name, r in j.metrics.get(unit, {}).items():
+            row = {"variant": j.name, singular: name, "status": r.get("status")}
+            row.update({m: r.get(m) for m in kind.unit_metrics})
+            row["error"] = r.get("error")
+            if kind is OBJECTS:
+                row["mask_weights"] = json.dumps(r["mask_weights"]) if "mask_weights" in r else ""
+            object_rows.append(row)
 
     with open(sweep / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with open(sweep / "report_objects.csv", "w", newline="") as f:
+    with open(sweep / f"report_{unit}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(object_rows[0]) if object_rows else ["variant"])
         writer.writeheader()
         writer.writerows(object_rows)
@@ -248,29 +289,31 @@ def build_report(sweep: Path) -> dict:
     md = [
         f"# Report: {sweep}",
         "",
-        "| variant | mIoU | mBIoU | mAcc | objects | failed |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| variant | {' | '.join(kind.labels)} | {unit} | failed |",
+        "|---|" + "---:|" * (len(kind.metrics) + 2),
     ]
     for r in rows:
-        md.append(
-            f"| {r['variant']} | {_fmt(r['miou'])} | {_fmt(r['mbiou'])} | {_fmt(r['macc'])} "
-            f"| {r['n_objects']} | {r['n_failed']} |"
-        )
+        numbers = " | ".join(_fmt(r[m]) for m in kind.metrics)
+        md.append(f"| {r['variant']} | {numbers} | {r[f'n_{unit}']} | {r['n_failed']} |")
     md += [
         "",
-        "## IoU per object",
+        f"## {kind.labels[0] if kind is SEQUENCES else 'IoU'} per {singular}",
         "",
-        "| object | " + " | ".join(r["variant"] for r in rows) + " |",
+        f"| {singular} | " + " | ".join(r["variant"] for r in rows) + " |",
         "|---|" + "---:|" * len(rows),
     ]
     for obj in objects:
         cells = []
         for j in done:
-            entry = j.metrics.get("objects", {}).get(obj)
+            entry = j.metrics.get(unit, {}).get(obj)
             cells.append(
                 "-"
                 if entry is None
-                else ("failed" if entry.get("status") == "failed" else _fmt(entry.get("iou")))
+                else (
+                    "failed"
+                    if entry.get("status") == "failed"
+                    else _fmt(entry.get(kind.unit_metrics[0]))
+                )
             )
         md.append(f"| {obj} | " + " | ".join(cells) + " |")
     with_instances = [j for j in done if j.metrics.get("instances")]
@@ -314,13 +357,13 @@ def build_report(sweep: Path) -> dict:
         md += ["", "## Runs with problems", ""]
         md += [f"- `{j.folder.name}` ({j.name}): {'; '.join(j.problems)}" for j in problems]
     (sweep / "report.md").write_text("\n".join(md) + "\n")
-    _bar_chart(rows, sweep / "report.png")
+    _bar_chart(rows, sweep / "report.png", kind)
     return {
         "rows": rows,
         "objects": object_rows,
         "problems": [(j.name, j.problems) for j in problems],
         "files": [
-            sweep / n for n in ("report.md", "report.csv", "report_objects.csv", "report.png")
+            sweep / n for n in ("report.md", "report.csv", f"report_{unit}.csv", "report.png")
         ]
         + written,
     }
@@ -366,7 +409,7 @@ def _reference_plot(jobs: list[Job], path: Path) -> None:
     plt.close(fig)
 
 
-def _bar_chart(rows: list[dict], path: Path) -> None:
+def _bar_chart(rows: list[dict], path: Path, kind: Kind = OBJECTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,7 +419,7 @@ def _bar_chart(rows: list[dict], path: Path) -> None:
     x = np.arange(len(rows))
     width = 0.27
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
-    for i, (metric, label) in enumerate(zip(METRICS, ("mIoU", "mBIoU", "mAcc"), strict=True)):
+    for i, (metric, label) in enumerate(zip(kind.metrics, kind.labels, strict=True)):
         values = [100 * (r[metric] or 0.0) for r in rows]
         ax.bar(x + (i - 1) * width, values, width, label=label)
     ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)

@@ -99,8 +99,10 @@ def preflight(cfg: DictConfig, run_dir: Path) -> bool:
         raise SystemExit(2) from exc
 
 
-def run(cfg: DictConfig) -> dict:
-    """Compose -> instantiate -> run the dataset's task; returns the metrics summary."""
+def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
+    """Compose -> instantiate -> run the dataset's task; returns the metrics summary.
+
+    `task_options`: extra keyword arguments of the task (e.g. the video policy)."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -123,6 +125,7 @@ def run(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         run_logger=run_logger,
         overlays=cfg.overlays,
+        **(task_options or {}),
     )
     runner = Runner(
         run_dir,

@@ -55,6 +55,11 @@ class Task:
         """Fields of a failed unit's entry besides `status` and `error` (metrics as None...)."""
         return {}
 
+    def csv_rows(self, results: dict[str, dict[str, Any]]) -> tuple[str, list[dict]] | None:
+        """(key, rows) when metrics.csv and the logger's table have finer rows than the units
+        (video: one per object of every sequence); None: one row per unit."""
+        return None
+
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; metrics.json was written with `complete: false`."""
@@ -119,7 +124,9 @@ class Runner:
             summary["complete"] = complete
             summary["expected"] = names
             summary[task.unit_key] = ordered
-            write_metrics(self.run_dir, summary, task.unit_key, task.columns)
+            write_metrics(
+                self.run_dir, summary, task.unit_key, task.columns, task.csv_rows(ordered)
+            )
 
         bar = tqdm(
             total=len(names), desc=task.unit_key, disable=not self.progress, dynamic_ncols=True
@@ -155,5 +162,7 @@ class Runner:
             ) from exc
         bar.close()
         write(complete=True)
-        self.run_logger.finish(summary, task.unit_key, task.columns)
+        self.run_logger.finish(
+            summary, task.unit_key, task.columns, task.csv_rows(summary[task.unit_key])
+        )
         return summary

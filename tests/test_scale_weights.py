@@ -10,17 +10,15 @@ import pytest
 import torch
 
 from persam.scale_weights import (
-    _LOG1P_COEFS,
     FitResult,
     NonFiniteLossError,
     ScaleWeightsModule,
     fit_scale_weights,
-    fused_loss_and_grad,
-    fused_scale_loss,
+    make_loss,
     mix_masks,
-    prepare_fused_inputs,
     reference_loss,
 )
+from persam.scale_weights_fused import _LOG1P_COEFS, fused_loss_and_grad, prepare_fused_inputs
 
 OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 
@@ -90,13 +88,13 @@ def test_autograd_function_backward_is_the_fused_gradient():
     logits, gt, w = _random_problem(5, 30, 30, 0.5, 3.0)
     ref_loss, ref_grad = _autograd(w, logits, gt)
     param = torch.nn.Parameter(w.clone())
-    loss = 3.0 * fused_scale_loss(param, prepare_fused_inputs(logits, gt), fused="eager")
+    loss = 3.0 * make_loss(logits, gt, backend="fused", fused="eager")(param)
     loss.backward()
     torch.testing.assert_close(param.grad, 3.0 * ref_grad, rtol=1e-10, atol=1e-13)
 
 
 def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch, caplog):
-    import persam.scale_weights as sw
+    import persam.scale_weights_fused as sw
 
     def broken_compiler():
         def fail(*args):
@@ -108,13 +106,13 @@ def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch, caplog):
     monkeypatch.setattr(sw, "_COMPILE_FAILED", False)
     logits, gt, w = _random_problem(6, 20, 20, 0.5, 3.0)
     inputs = prepare_fused_inputs(logits, gt)
-    with caplog.at_level("WARNING", logger="persam.scale_weights"):
+    with caplog.at_level("WARNING", logger="persam.scale_weights_fused"):
         loss, grad = fused_loss_and_grad(inputs, w, fused="compile")
     assert "falling back to the eager" in caplog.text
     assert not sw.compile_available()
     ref_loss, ref_grad = fused_loss_and_grad(inputs, w, fused="eager")
     assert loss.item() == ref_loss.item() and torch.equal(grad, ref_grad)
-    res = fit_scale_weights(logits.float(), gt, steps=3)
+    res = fit_scale_weights(logits.float(), gt, steps=3, backend="fused")
     assert res.backend == "eager"
 
 
@@ -144,8 +142,9 @@ def test_mix_masks_matches_official_weighting():
 def test_empty_gt_raises_value_error():
     logits = torch.randn(3, 16, 16)
     gt = torch.zeros(16, 16, dtype=torch.bool)
-    with pytest.raises(ValueError, match="empty"):
-        fit_scale_weights(logits, gt, steps=3, fused="eager")
+    for backend in ("taylor", "fused", "reference"):
+        with pytest.raises(ValueError, match="empty"):
+            fit_scale_weights(logits, gt, steps=3, backend=backend, fused="eager")
     with pytest.raises(ValueError, match="empty"):
         prepare_fused_inputs(logits, gt)
 
@@ -167,20 +166,14 @@ def test_non_finite_loss_raises():
     logits, gt, _ = _random_problem(3, 32, 32, 0.5, 3.0, dtype=torch.float32)
     # lr 1e36 drives the weights to ~1e36 in a step: the float32 block sums overflow.
     with pytest.raises(NonFiniteLossError, match="step"):
-        fit_scale_weights(logits, gt, steps=20, lr=1e36, fused="eager")
+        fit_scale_weights(logits, gt, steps=20, lr=1e36, backend="fused", fused="eager")
 
 
 # ------------------------------------------------------------------ Lightning
 
 
-def test_fit_small_problem_eager_matches_plain_autograd_loop():
-    logits, gt, _ = _random_problem(21, 40, 48, 0.35, 4.0, dtype=torch.float32)
-    steps = 60
-    res = fit_scale_weights(logits, gt, steps=steps, fused="eager")
-    assert isinstance(res, FitResult)
-    assert res.weights.shape == (3,) and res.losses.shape == (steps,)
-    assert abs(float(res.weights.sum()) - 1.0) < 1e-6
-    # The official loop, verbatim arithmetic (autograd loss, AdamW, cosine annealing).
+def _official_loop(logits, gt, steps):
+    """The official loop, verbatim arithmetic (autograd loss, AdamW, cosine annealing)."""
     w = torch.nn.Parameter(torch.ones(2, 1) / 3)
     opt = torch.optim.AdamW([w], lr=1e-3, eps=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -193,20 +186,48 @@ def test_fit_small_problem_eager_matches_plain_autograd_loop():
         sched.step()
         losses.append(loss.item())
     ref_w = torch.cat((1 - w.sum(0).unsqueeze(0), w)).detach().flatten().numpy()
+    return ref_w, np.array(losses), reference_loss(w.detach(), logits, gt).item()
+
+
+@pytest.mark.parametrize(
+    "backend,fused", [("taylor", "eager"), ("fused", "eager"), ("reference", "eager")]
+)
+def test_fit_small_problem_matches_plain_autograd_loop(backend, fused):
+    logits, gt, _ = _random_problem(21, 40, 48, 0.35, 4.0, dtype=torch.float32)
+    steps = 60
+    res = fit_scale_weights(logits, gt, steps=steps, backend=backend, fused=fused)
+    assert isinstance(res, FitResult)
+    assert res.backend.split("+")[0] == ("eager" if backend == "fused" else backend)
+    assert res.weights.shape == (3,) and res.losses.shape == (steps,)
+    assert abs(float(res.weights.sum()) - 1.0) < 1e-6
+    ref_w, ref_losses, final = _official_loop(logits, gt, steps)
     assert np.abs(res.weights - ref_w).max() < 1e-6
-    assert np.abs(res.losses - np.array(losses)).max() < 1e-6
-    final = reference_loss(w.detach(), logits, gt).item()
+    assert np.abs(res.losses - ref_losses).max() < 1e-6
     assert abs(res.final_loss - final) < 1e-6
+    assert res.fit_seconds > 0 and res.compile_seconds == 0.0
+
+
+def test_fit_accepts_a_trainer_factory(tmp_path):
+    import functools
+
+    import lightning as L
+
+    logits, gt, _ = _random_problem(22, 20, 20, 0.4, 2.0, dtype=torch.float32)
+    factory = functools.partial(L.Trainer, accelerator="cpu", devices=1, max_steps=5)
+    res = fit_scale_weights(logits, gt, steps=12, trainer=factory)
+    assert res.losses.shape == (12,)  # the fit's own max_steps wins over the factory's
+    ref_w, _, _ = _official_loop(logits, gt, 12)
+    assert np.abs(res.weights - ref_w).max() < 1e-6
 
 
 def test_module_defaults_and_csv_logger(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     logits, gt, _ = _random_problem(8, 24, 24, 0.5, 2.0, dtype=torch.float32)
-    module = ScaleWeightsModule(logits, gt, fused="eager")
+    module = ScaleWeightsModule(make_loss(logits, gt))
     np.testing.assert_allclose(module.mask_weights, [1 / 3, 1 / 3, 1 / 3], atol=1e-7)
     logger = CSVLogger(tmp_path, name="sw")
-    res = fit_scale_weights(logits, gt, steps=20, fused="eager", logger=logger, log_every_n_steps=5)
+    res = fit_scale_weights(logits, gt, steps=20, logger=logger, log_every_n_steps=5)
     rows = (Path(logger.log_dir) / "metrics.csv").read_text().strip().splitlines()
     header, body = rows[0].split(","), [r.split(",") for r in rows[1:]]
     logged = {int(r[header.index("step")]): float(r[header.index("loss")]) for r in body}
@@ -275,3 +296,41 @@ def test_fit_matches_golden(golden_logits, obj):
     assert res.losses.shape == ref["losses"].shape
     assert np.abs(res.weights - ref["weights"]).max() < GOLDEN_WEIGHT_TOL
     assert np.abs(res.losses - ref["losses"]).max() < GOLDEN_LOSS_TOL
+
+
+# ------------------------------------------------------------------ compile cache
+
+
+def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
+    import persam.scale_weights_fused as sw
+
+    monkeypatch.setenv("PERSAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
+    folder = sw.compile_cache_dir()
+    assert folder == tmp_path / "compile" / f"torch-{torch.__version__}"
+    logits, gt, _ = _random_problem(9, 16, 16, 0.5, 2.0, dtype=torch.float32)
+    inputs = prepare_fused_inputs(logits, gt)
+    assert sw.warm_up(inputs) >= 0.0
+    artifact = folder / "scale_weights_fused.bin"
+    assert artifact.is_file() and artifact.stat().st_size > 0
+    assert sw.warm_up(inputs) == 0.0  # once per process and dtype
+    assert sw._load_artifacts()  # what a later process does before compiling
+    artifact.write_bytes(b"not a cache")
+    with caplog.at_level("WARNING", logger="persam.scale_weights_fused"):
+        assert not sw._load_artifacts()
+    assert "ignoring the compile cache" in caplog.text
+    monkeypatch.setenv("PERSAM_COMPILE_CACHE", "0")
+    assert sw.compile_cache_dir() is None
+
+
+def test_compiling_is_reported_apart_from_the_fit(monkeypatch):
+    import persam.scale_weights_fused as sw
+
+    monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
+    logits, gt, _ = _random_problem(10, 24, 24, 0.5, 2.0, dtype=torch.float32)
+    first = fit_scale_weights(logits, gt, steps=3, backend="fused")
+    again = fit_scale_weights(logits, gt, steps=3, backend="fused")
+    assert first.backend == again.backend == "compile"
+    assert first.compile_seconds > 0 and again.compile_seconds == 0.0
+    assert first.fit_seconds < first.seconds - first.compile_seconds + 1e-6
+    np.testing.assert_array_equal(first.weights, again.weights)

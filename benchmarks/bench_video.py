@@ -1,0 +1,203 @@
+"""Benchmark video segmentation: `persam.video` against the official scripts' loop.
+
+For 1, 2 and 4 objects on one synthetic sequence (frames of `data=synthetic_video`, objects =
+the first k of a fixed set of masks), same model, one run each, it times
+
+(a) the official loop (`persam_video.py` / `persam_video_f.py`): frame 0 encoded once per
+    object, then per frame one encoding and, object by object, three decoder passes; PerSAM-F
+    first fits each object's weights with 800 decoder passes + autograd dice/focal + AdamW;
+(b) `persam.video.segmenter.VideoSegmenter` (tracked mode): frame 0 encoded once (embedding
+    cache), the same three passes per object, PerSAM-F's fit by `fit_scale_weights` (one
+    decoder pass, fused loss and gradient).
+
+and prints frames per second (whole sequence, frame 0's learning included), the ratio, and
+PerSAM-F's per-object fit time. `--arch vit_b` times SAM ViT-B's architecture with random
+weights (timing only: the masks are meaningless).
+
+    python benchmarks/bench_video.py                       # embedded model, PerSAM and PerSAM-F
+    python benchmarks/bench_video.py --arch vit_b --frames 6 --methods persam
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from segment_anything import SamPredictor  # noqa: E402
+
+from persam import location_prior  # noqa: E402
+from persam.cache import EmbeddingCache  # noqa: E402
+from persam.conf import CONFIG_DIR  # noqa: E402
+from persam.data.synthetic_video import render_sequence  # noqa: E402
+from persam.encoder import Encoder  # noqa: E402
+from persam.method import PerSAM, PerSAMF  # noqa: E402
+from persam.refine import mask_box  # noqa: E402
+from persam.scale_weights import reference_loss  # noqa: E402
+from persam.video.policy import VideoPolicy  # noqa: E402
+from persam.video.segmenter import VideoSegmenter, merge_logits  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", choices=["embedded", "vit_b"], default="embedded")
+    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--objects", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--methods", nargs="+", default=["persam", "persam_f"])
+    p.add_argument("--fit-steps", type=int, default=800)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def load_sam(arch: str):
+    """The composed `backbone=<arch>` on CPU (ViT-B with random weights: timing only)."""
+    overrides = [f"backbone={arch}", "backbone.device=cpu"]
+    if arch != "embedded":
+        overrides.append("backbone.checkpoint=null")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("video", overrides=overrides).backbone
+    return instantiate(cfg)
+
+
+def sequence(frames: int, objects: int):
+    """Frames of the synthetic `three-spin` video and `objects` label masks (disc grid)."""
+    _, images, _ = render_sequence(2, seed=0, num_frames=frames)
+    h, w = images[0].shape[:2]
+    labels = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(objects):
+        cy, cx = h * (0.3 + 0.4 * (k // 2)), w * (0.25 + 0.5 * (k % 2))
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < (0.12 * min(h, w)) ** 2] = k + 1
+    return images, labels
+
+
+def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict:
+    """What the scripts do, with the stock predictor (timing baseline)."""
+    predictor = SamPredictor(sam)
+    ids = [int(v) for v in np.unique(labels) if v]
+    topk = 1 if fine_tuned else 2
+    feats, weights, fit_seconds = [], [], []
+    t0 = time.perf_counter()
+    for obj in ids:
+        gt = labels == obj
+        predictor.set_image(images[0])  # re-encoded once per object
+        grid = location_prior.reference_mask_on_grid(predictor, location_prior.mask_image(gt, 215))
+        cells = predictor.features.squeeze(0).permute(1, 2, 0)[grid]
+        feat = location_prior.target_embedding(cells, "max_mean")
+        feats.append(feat)
+        if fine_tuned:
+            tf = time.perf_counter()
+            sim = location_prior.similarity_map(predictor, feat)
+            pts, lbl = location_prior.select_points(sim, negative=False, topk=1)
+            box = mask_box(gt, 10)
+            pts = np.concatenate([pts, [[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2]]])
+            lbl = np.concatenate([lbl, [1]])
+            w = torch.nn.Parameter(torch.full((2, 1), 1 / 3))
+            opt = torch.optim.AdamW([w], lr=4e-4, eps=1e-4)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, fit_steps)
+            target = torch.as_tensor(gt)
+            for _ in range(fit_steps):  # the decoder reruns every epoch
+                high, _, _ = predictor.predict(
+                    point_coords=pts, point_labels=lbl, box=box[None], return_logits=True
+                )
+                loss = reference_loss(w, torch.as_tensor(high), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            mix = torch.cat((1 - w.detach().sum(0, keepdim=True), w.detach())).flatten().numpy()
+            weights.append(mix)
+            fit_seconds.append(time.perf_counter() - tf)
+    sources = [labels == i for i in ids]
+    for image in images[1:]:
+        predictor.set_image(image)
+        logits = []
+        for j, feat in enumerate(feats):
+            sim = location_prior.similarity_map(predictor, feat)
+            pts, lbl = location_prior.select_points(sim, negative=False, topk=topk)
+            box = mask_box(sources[j], 10)
+            pts = np.concatenate([pts, [[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2]]])
+            lbl = np.concatenate([lbl, [1]])
+            high, scores, low = predictor.predict(pts, lbl, box=box[None], return_logits=True)
+            if fine_tuned:
+                mixed = (high * weights[j][:, None, None]).sum(0)
+                low_in = (low * weights[j][:, None, None]).sum(0)[None]
+                masks, scores, low = predictor.predict(
+                    pts, lbl, box=mask_box(mixed > 0)[None], mask_input=low_in
+                )
+            else:
+                counts = (high > 0).reshape(3, -1).sum(1)
+                pick = int(np.argmax((counts % 256).astype(np.uint8)))
+                masks, scores, low = predictor.predict(pts, lbl, mask_input=low[pick : pick + 1])
+            best = int(np.argmax(scores))
+            high, scores, _ = predictor.predict(
+                pts,
+                lbl,
+                box=mask_box(masks[best])[None],
+                mask_input=low[best : best + 1],
+                return_logits=True,
+            )
+            logits.append(high[int(np.argmax(scores))])
+        label_map = merge_logits(logits, list(range(1, len(ids) + 1)), labels.shape)
+        sources = [label_map == v for v in np.unique(label_map) if v]
+        sources += [labels == 0] * (len(ids) - len(sources))  # keep the slot count (timing)
+    return {"seconds": time.perf_counter() - t0, "fit_seconds": fit_seconds}
+
+
+def ours(sam, images, labels, fine_tuned: bool, fit_steps: int, cache_dir: Path) -> dict:
+    encoder = Encoder(sam, EmbeddingCache(cache_dir))
+    method = (PerSAMF if fine_tuned else PerSAM)(sam, encoder)
+    segmenter = VideoSegmenter(method, VideoPolicy(mode="tracked", fit_steps=fit_steps))
+    t0 = time.perf_counter()
+    objects = segmenter.learn(images[0], labels)
+    frames = ((i, images[i]) for i in range(1, len(images)))
+    for _ in segmenter.run(objects, labels, frames):
+        pass
+    fits = [o.fit.seconds for o in objects if o.fit is not None]
+    return {"seconds": time.perf_counter() - t0, "fit_seconds": fits}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sam = load_sam(args.arch)
+    print(f"arch={args.arch} frames={args.frames} threads={torch.get_num_threads()}")
+    if args.arch != "embedded":
+        print("(random weights: timing only)")
+    warm = sequence(3, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours(sam, *warm, False, 5, Path(tmp))  # load / compile once
+        if "persam_f" in args.methods:
+            ours(sam, *warm, True, 5, Path(tmp))
+    print(f"{'method':<9}{'objects':>8}{'official fps':>14}{'ours fps':>10}{'ratio':>8}"
+          f"{'fit official s':>16}{'fit ours s':>12}{'fit ratio':>10}")  # fmt: skip
+    for method in args.methods:
+        fine = method == "persam_f"
+        for k in args.objects:
+            images, labels = sequence(args.frames, k)
+            with tempfile.TemporaryDirectory() as tmp:
+                b = official_loop(sam, images, labels, fine, args.fit_steps)
+                o = ours(sam, images, labels, fine, args.fit_steps, Path(tmp))
+            fps_b, fps_o = len(images) / b["seconds"], len(images) / o["seconds"]
+            line = f"{method:<9}{k:>8}{fps_b:>14.2f}{fps_o:>10.2f}{fps_o / fps_b:>8.2f}"
+            if fine:
+                fb, fo = np.median(b["fit_seconds"]), np.median(o["fit_seconds"])
+                line += f"{fb:>16.2f}{fo:>12.3f}{fb / fo:>10.1f}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
