@@ -9,7 +9,8 @@ type fails when the config is composed, with the field named:
     Value 'flase' is not a valid bool (type str)
         full_key: method.negative_point
 
-Choices are `str` enums (`method.target_pooling`, `method.scale_weights.fused`, `data.exif`).
+Choices are `str` enums (`method.target_pooling`, `method.scale_weights.backend` / `fused`,
+`data.exif`).
 OmegaConf also reads `yes`/`no`/`on`/`off`/`1`/`0` as booleans; `check_overrides` refuses those
 spellings on the command line too, so a boolean switch accepts only `true` or `false`.
 A new field of a method or dataset must be added to its schema here (the schemas are strict:
@@ -44,6 +45,12 @@ class Pooling(Choice):
 class Fused(Choice):
     compile = "compile"
     eager = "eager"
+
+
+class Backend(Choice):
+    taylor = "taylor"
+    fused = "fused"
+    reference = "reference"
 
 
 class Exif(Choice):
@@ -85,6 +92,7 @@ class ScaleWeightsSchema:
     init: float = 1.0 / 3.0
     alpha: float = 0.25
     gamma: float = 2.0
+    backend: Backend = Backend.taylor
     fused: Fused = Fused.compile
     load: Optional[str] = None  # noqa: UP045 - a scale_weights.json (or its run folder)
 
