@@ -3,6 +3,8 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 # torch/torchvision pair that segment_anything imports; override for another platform.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# Backbone extras installed with the project (quick, pure-Python installs from PyPI).
+EXTRAS ?= mobile_sam,hf_sam,efficientvit_sam
 # The test command (README); .ci/run passes the same one explicitly.
 PYTEST ?= python -m pytest -q -rs
 
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,demo]"
+	$(PY) -m pip install -q -e ".[dev,demo,$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -2,12 +2,15 @@
 
 An architecture is data (the fields of a `conf/backbone/*.yaml` file); `build_sam` turns it into
 a `segment_anything.modeling.Sam`, loads a checkpoint when one is given (random init from `seed`
-otherwise), freezes it and moves it to the chosen device.
+when `checkpoint` is `random` or null), freezes it and moves it to the chosen device. Other
+families (persam/mobile_sam.py, ...) build their encoder and share `prompt_and_mask_decoder`
+and `finish` from here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -26,14 +29,81 @@ OFFICIAL_CHECKPOINTS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "mobile_sam": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+    # Hugging Face's SamModel reads segment_anything's checkpoints (config: vit_b's sizes).
+    "hf_sam": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    **{
+        f"sam2_{size}": f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_{file}.pt"
+        for size, file in (
+            ("hiera_t", "hiera_tiny"),
+            ("hiera_s", "hiera_small"),
+            ("hiera_b_plus", "hiera_base_plus"),
+            ("hiera_l", "hiera_large"),
+        )
+    },
+    **{
+        f"efficientvit_sam_{v}": "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/"
+        f"main/efficientvit_sam_{v}.pt"
+        for v in ("l0", "l1", "l2", "xl0", "xl1")
+    },
+}
+
+# `backbone.checkpoint=random`: random weights from `seed` (timing and tests only).
+RANDOM = "random"
+
+# Parameter-name prefixes that tell which family a state dict was saved from.
+_FAMILY_KEYS = {
+    "image_encoder.blocks.0.": "SAM ViT (backbone=vit_b|vit_l|vit_h|tiny|embedded)",
+    "image_encoder.layers.0.": "MobileSAM's TinyViT (backbone=mobile_sam)",
+    "image_encoder.backbone.": "EfficientViT-SAM (backbone=efficientvit_sam_<size>)",
+    "image_encoder.trunk.": "SAM 2's Hiera (backbone=sam2_<size>)",
+    "vision_encoder.": "Hugging Face SamModel (backbone=hf_sam)",
 }
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class CheckpointError(RuntimeError):
+class BackboneError(RuntimeError):
+    """A backbone cannot be built as configured; the message says what to change."""
+
+
+class CheckpointError(BackboneError):
     """A checkpoint is missing, unreadable or does not fit the chosen architecture."""
+
+
+class MissingDependencyError(BackboneError):
+    """The backbone's optional dependency group (`pip install 'persam[<extra>]'`) is missing."""
+
+
+class InputSizeError(BackboneError):
+    """`backbone.image_size` is not an input size the backbone supports."""
+
+
+def is_random(checkpoint) -> bool:
+    """`backbone.checkpoint` asks for random weights (`random`, or null as before)."""
+    return checkpoint is None or str(checkpoint) == RANDOM
+
+
+def require(module: str, extra: str, backbone: str):
+    """Import an optional dependency, or a `MissingDependencyError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"backbone={backbone} needs the optional dependency '{module}' ({exc}). Install it "
+            f"with: pip install 'persam[{extra}]'"
+        ) from exc
+
+
+def checkpoint_family(state: dict) -> str | None:
+    """Which backbone family a state dict comes from, by its parameter names, or None."""
+    for prefix, family in _FAMILY_KEYS.items():
+        if any(str(k).startswith(prefix) for k in state):
+            return family
+    return None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -62,7 +132,6 @@ def build_architecture(
     mlp_ratio: float = 4.0,
 ) -> Sam:
     """An untrained `Sam` with the given architecture (the defaults are ViT-H's)."""
-    grid = image_size // vit_patch_size
     return Sam(
         image_encoder=ImageEncoderViT(
             depth=encoder_depth,
@@ -78,6 +147,38 @@ def build_architecture(
             window_size=window_size,
             out_chans=prompt_embed_dim,
         ),
+        **prompt_and_mask_decoder(
+            image_size=image_size,
+            grid=image_size // vit_patch_size,
+            prompt_embed_dim=prompt_embed_dim,
+            mask_in_chans=mask_in_chans,
+            decoder_depth=decoder_depth,
+            decoder_mlp_dim=decoder_mlp_dim,
+            decoder_num_heads=decoder_num_heads,
+            num_multimask_outputs=num_multimask_outputs,
+            iou_head_depth=iou_head_depth,
+            iou_head_hidden_dim=iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+
+
+def prompt_and_mask_decoder(
+    image_size: int,
+    grid: int,
+    prompt_embed_dim: int = 256,
+    mask_in_chans: int = 16,
+    decoder_depth: int = 2,
+    decoder_mlp_dim: int = 2048,
+    decoder_num_heads: int = 8,
+    num_multimask_outputs: int = 3,
+    iou_head_depth: int = 3,
+    iou_head_hidden_dim: int = 256,
+) -> dict:
+    """SAM's prompt encoder and mask decoder for a `grid` x `grid` embedding of `image_size`
+    input: the keyword arguments `prompt_encoder` and `mask_decoder` of `Sam`."""
+    return dict(
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_embed_dim,
             image_embedding_size=(grid, grid),
@@ -96,19 +197,18 @@ def build_architecture(
             iou_head_depth=iou_head_depth,
             iou_head_hidden_dim=iou_head_hidden_dim,
         ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
     )
 
 
 def _hint(name: str) -> str:
+    random = " (backbone.checkpoint=random builds random weights, for timing and tests only)"
     if name in OFFICIAL_CHECKPOINTS:
         return (
             f" Download the official {name} weights from {OFFICIAL_CHECKPOINTS[name]} and pass "
             f"backbone.checkpoint=/path/to/{OFFICIAL_CHECKPOINTS[name].rsplit('/', 1)[1]}"
-            f" (or put it in the folder named by $SAM_CHECKPOINT_DIR)."
+            f" (or put it in the folder named by $SAM_CHECKPOINT_DIR){random}."
         )
-    return " Pass backbone.checkpoint=/path/to/a/SAM-layout.pth, or backbone.checkpoint=null for random weights."
+    return f" Pass backbone.checkpoint=/path/to/a/SAM-layout.pth{random}."
 
 
 def check_checkpoint_path(checkpoint: str | Path, name: str = "") -> Path:
@@ -119,8 +219,18 @@ def check_checkpoint_path(checkpoint: str | Path, name: str = "") -> Path:
     return path
 
 
-def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
-    """Load a SAM-layout state dict into `sam`, with errors that say what to do."""
+def load_checkpoint(
+    sam: torch.nn.Module,
+    checkpoint: str | Path,
+    name: str = "",
+    rename: Callable[[dict], dict] | None = None,
+    accepts: tuple[str, ...] = (),
+) -> None:
+    """Load a state dict into `sam`, with errors that say what to do.
+
+    `rename` maps the file's parameter names to `sam`'s (a backbone that reads another layout);
+    `accepts`: the checkpoint families (`checkpoint_family`) it reads besides its own.
+    """
     path = check_checkpoint_path(checkpoint, name)
     hint = _hint(name)
     try:
@@ -130,21 +240,30 @@ def load_checkpoint(sam: Sam, checkpoint: str | Path, name: str = "") -> None:
             f"Cannot read SAM checkpoint {path}: {type(exc).__name__}: {exc}. The file is corrupt "
             f"or not a PyTorch state dict; download it again.{hint}"
         ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # Lightning-style / SAM 2's {"model": ...}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict):
         raise CheckpointError(
             f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict."
         )
+    family = checkpoint_family(state)
+    mine = checkpoint_family(sam.state_dict())
     try:
-        sam.load_state_dict(state, strict=True)
+        sam.load_state_dict(rename(state) if rename else state, strict=True)
     except RuntimeError as exc:
         lines = str(exc).splitlines()
         detail = "; ".join(line.strip() for line in lines[1:4]) or lines[0]
+        if family is not None and family != mine and family not in accepts:
+            raise CheckpointError(
+                f"SAM checkpoint {path} is a {family} checkpoint, not one of backbone '{name}' "
+                f"({mine}). Choose the matching backbone, or pass backbone '{name}''s own "
+                f"checkpoint.{hint}"
+            ) from exc
         raise CheckpointError(
             f"SAM checkpoint {path} does not fit backbone '{name}': {detail} ... Choose the matching "
-            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded) or set the backbone.* architecture "
-            f"fields to the checkpoint's architecture."
+            f"backbone (backbone=vit_b|vit_l|vit_h|tiny|embedded|mobile_sam|hf_sam|efficientvit_sam_<size>|sam2_<size>) or set the "
+            f"backbone.* architecture fields to the checkpoint's architecture."
         ) from exc
 
 
@@ -156,20 +275,34 @@ def build_sam(
     **architecture,
 ) -> Sam:
     """Build a frozen `Sam` in eval mode: from `checkpoint`, or random-init from `seed`."""
-    if checkpoint is not None:
+    if not is_random(checkpoint):
         check_checkpoint_path(checkpoint, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = build_architecture(**architecture)
-    if checkpoint is not None:
-        load_checkpoint(sam, checkpoint, name)
+    return finish(sam, name, checkpoint, device)
+
+
+def finish(
+    model: torch.nn.Module,
+    name: str,
+    checkpoint,
+    device: str = "auto",
+    target: torch.nn.Module | None = None,
+    **loading,
+):
+    """Load `checkpoint` into `target` (default `model`; `loading`: `load_checkpoint`'s rename
+    and accepts), or warn that the weights are random; freeze `model`, put it in eval mode on
+    `device`. Shared by every backbone family."""
+    if not is_random(checkpoint):
+        load_checkpoint(model if target is None else target, checkpoint, name, **loading)
     else:
         log.warning(
-            "Backbone '%s' has random weights (no checkpoint): masks and metrics are meaningless "
-            "as segmentations; they only exercise the method's arithmetic.",
+            "Backbone '%s' has RANDOM weights (backbone.checkpoint=random): masks and metrics are "
+            "meaningless as segmentations; they only time and exercise the method.",
             name,
         )
-    sam.eval()
-    for p in sam.parameters():
+    model.eval()
+    for p in model.parameters():
         p.requires_grad_(False)
-    return sam.to(resolve_device(device))
+    return model.to(resolve_device(device))

@@ -31,13 +31,15 @@ DIR_MODE = 0o2775
 PREPROCESS_VERSION = "sam-resize-longest-side-v1"
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """A hash of a module's parameters and buffers (names, shapes, dtypes and values)."""
+def module_fingerprint(module: nn.Module | dict) -> str:
+    """A hash of a module's parameters and buffers (or of a state dict): names, shapes, dtypes
+    and values."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

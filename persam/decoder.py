@@ -21,9 +21,13 @@ class PersonalizedDecoder:
     """Handle on a `Sam` whose decoder can be target-guided and target-prompted."""
 
     def __init__(self, sam: Sam) -> None:
-        transformer = sam.mask_decoder.transformer
-        self.attentions = guided_attention.install(transformer)
-        self.semantic = SemanticPrompt(transformer)
+        decoder = sam.mask_decoder
+        transformer = decoder.transformer
+        # Another backbone's decoder (persam/hf_sam.py) names its attention subclass and the
+        # argument names of its transformer; segment_anything's use the defaults.
+        cls = getattr(decoder, "guided_attention_class", guided_attention.GuidedAttention)
+        self.attentions = guided_attention.install(transformer, cls)
+        self.semantic = SemanticPrompt(transformer, **getattr(decoder, "semantic_prompt_names", {}))
 
     @contextmanager
     def guide(

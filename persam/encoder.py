@@ -8,7 +8,7 @@ preprocessing) when a cache is given. `Encoder.load_into(predictor, embedding)` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ class Embedding:
     features: torch.Tensor  # 1 x C x h x w
     input_size: tuple[int, int]  # (h, w) after ResizeLongestSide
     original_size: tuple[int, int]  # (H, W)
+    # More image state a backbone's predictor needs (its `cached_state` attributes, e.g. SAM 2's
+    # high-resolution features): name -> tensor or list of tensors.
+    extra: dict = field(default_factory=dict)
 
 
 class Encoder:
@@ -30,21 +33,31 @@ class Encoder:
 
     def __init__(self, sam: Sam, cache: EmbeddingCache | None = None) -> None:
         self.sam = sam
-        self.predictor = SamPredictor(sam)
+        # A backbone whose encoder reads the image differently names its predictor subclass.
+        self.predictor = getattr(sam, "predictor_class", SamPredictor)(sam)
         self.cache = cache
         self._fingerprint: str | None = None
 
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = module_fingerprint(self.sam.image_encoder)
+            # A backbone whose embedding depends on more than its image encoder says so.
+            state = getattr(self.sam, "embedding_state", None)
+            self._fingerprint = module_fingerprint(
+                state() if state is not None else self.sam.image_encoder
+            )
         return self._fingerprint
 
     def preprocess_id(self) -> str:
         sam = self.sam
         mean = sam.pixel_mean.flatten().tolist()
         std = sam.pixel_std.flatten().tolist()
-        return f"size={sam.image_encoder.img_size}|mean={mean}|std={std}|format={sam.image_format}"
+        key = f"size={sam.image_encoder.img_size}|mean={mean}|std={std}|format={sam.image_format}"
+        if getattr(sam, "encoder_input_size", None) is not None:
+            key += f"|encoder_input={sam.encoder_input_size}"
+        if getattr(sam, "preprocess_tag", None):
+            key += f"|{sam.preprocess_tag}"
+        return key
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Embedding:
@@ -57,22 +70,26 @@ class Encoder:
                     features=entry["features"].to(self.sam.device),
                     input_size=tuple(entry["input_size"]),
                     original_size=tuple(entry["original_size"]),
+                    extra=_to(entry.get("extra", {}), self.sam.device),
                 )
         self.predictor.set_image(image)
         emb = Embedding(
             features=self.predictor.features,
             input_size=tuple(self.predictor.input_size),
             original_size=tuple(self.predictor.original_size),
+            extra={
+                n: getattr(self.predictor, n) for n in getattr(self.predictor, "cached_state", ())
+            },
         )
         if key is not None:
-            self.cache.store(
-                key,
-                {
-                    "features": emb.features.cpu(),
-                    "input_size": list(emb.input_size),
-                    "original_size": list(emb.original_size),
-                },
-            )
+            entry = {
+                "features": emb.features.cpu(),
+                "input_size": list(emb.input_size),
+                "original_size": list(emb.original_size),
+            }
+            if emb.extra:
+                entry["extra"] = _to(emb.extra, "cpu")
+            self.cache.store(key, entry)
         return emb
 
     def load_into(self, predictor: SamPredictor, emb: Embedding) -> SamPredictor:
@@ -81,9 +98,19 @@ class Encoder:
         predictor.features = emb.features
         predictor.input_size = emb.input_size
         predictor.original_size = emb.original_size
+        for name, value in emb.extra.items():
+            setattr(predictor, name, value)
         predictor.is_image_set = True
         return predictor
 
     def set_image(self, image: np.ndarray) -> SamPredictor:
         """Encode `image` (cached) and return the predictor holding it."""
         return self.load_into(self.predictor, self(image))
+
+
+def _to(extra: dict, device) -> dict:
+    """Move an `Embedding.extra` (tensors or lists of tensors) to `device`."""
+    return {
+        k: [t.to(device) for t in v] if isinstance(v, list | tuple) else v.to(device)
+        for k, v in extra.items()
+    }

@@ -50,20 +50,31 @@ class GuidedAttention(Attention):
         q = self._separate_heads(self.q_proj(q), self.num_heads)
         k = self._separate_heads(self.k_proj(k), self.num_heads)
         v = self._separate_heads(self.v_proj(v), self.num_heads)
-        attn = q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1])
-        attn = torch.softmax(torch.softmax(attn, dim=-1) + self.guidance, dim=-1)
+        attn = guided_weights(q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]), self.guidance)
         return self.out_proj(self._recombine_heads(attn @ v))
 
 
-def install(transformer: TwoWayTransformer) -> list[GuidedAttention]:
-    """Turn every block's token-to-image cross-attention into a `GuidedAttention` in place.
+def guided_weights(logits: Tensor, guidance: Tensor) -> Tensor:
+    """PerSAM's attention weights ``softmax(softmax(logits) + guidance)`` over the last dim.
 
-    The modules keep their parameters (state-dict keys are unchanged); returns them.
+    logits (B, heads, N_tokens, h*w) = Q K^T / sqrt(d); guidance (B or 1, 1, 1, h*w).
+    """
+    return torch.softmax(torch.softmax(logits, dim=-1) + guidance, dim=-1)
+
+
+def install(transformer: TwoWayTransformer, cls: type = GuidedAttention) -> list:
+    """Turn every block's token-to-image cross-attention into a `cls` in place.
+
+    `cls` subclasses the attention's own class (`GuidedAttention` for `segment_anything`'s;
+    another backbone's decoder names its own). The modules keep their parameters (state-dict
+    keys are unchanged); returns them.
     """
     guided = []
     for block in transformer.layers:
         attn = block.cross_attn_token_to_image
-        if not isinstance(attn, GuidedAttention):
-            attn.__class__ = GuidedAttention
+        if not isinstance(attn, cls):
+            if not isinstance(attn, cls.__mro__[1]):
+                raise TypeError(f"{cls.__name__} cannot guide a {type(attn).__name__}")
+            attn.__class__ = cls
         guided.append(attn)
     return guided

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam.backbone import CheckpointError
+from persam.backbone import BackboneError, is_random
 from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
 from persam.loggers import RunLogger
@@ -51,7 +51,7 @@ def build_backbone(cfg: DictConfig):
         try:
             _BACKBONE[key] = instantiate(cfg.backbone)
         except InstantiationException as exc:
-            if isinstance(exc.__cause__, CheckpointError):
+            if isinstance(exc.__cause__, BackboneError):
                 log.error("%s", exc.__cause__)
                 raise SystemExit(2) from exc
             raise
@@ -109,7 +109,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     preflight(cfg, run_dir)
 
     sam = build_backbone(cfg)
-    random_weights = cfg.backbone.get("checkpoint") is None
+    random_weights = is_random(cfg.backbone.get("checkpoint"))
     cache = instantiate(cfg.cache)
     method = build_method(
         cfg, sam=sam, encoder=Encoder(sam, cache), trainer=instantiate(cfg.trainer)
@@ -162,7 +162,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     )
     if random_weights:
         log.warning(
-            "WARNING: backbone '%s' has RANDOM weights (backbone.checkpoint=null): the masks and "
+            "WARNING: backbone '%s' has RANDOM weights (backbone.checkpoint=random): the masks and "
             "metrics above are meaningless as segmentations. Pass a SAM checkpoint, e.g. "
             "backbone=vit_h backbone.checkpoint=/path/to/sam_vit_h_4b8939.pth.",
             cfg.backbone.name,

@@ -91,6 +91,64 @@ EXPECTED_BACKBONES = {
         decoder_num_heads=4,
         iou_head_hidden_dim=128,
     ),
+    # MobileSAM's build_sam_vit_t: TinyViT-5M, per stage; SAM's decoder.
+    "mobile_sam": SAM_COMMON
+    | dict(
+        _target_="persam.mobile_sam.build_mobile_sam",
+        name="mobile_sam",
+        checkpoint="${paths.checkpoint_dir}/mobile_sam.pt",
+        encoder_embed_dim=[64, 128, 160, 320],
+        encoder_depth=[2, 2, 6, 2],
+        encoder_num_heads=[2, 4, 5, 10],
+        encoder_global_attn_indexes=[],
+        window_size=[7, 7, 14, 7],
+    ),
+    # EfficientViT-SAM: not a ViT (the ViT fields null), the package's architecture by variant.
+    **{
+        f"efficientvit_sam_{v}": SAM_COMMON
+        | dict(
+            _target_="persam.efficientvit_sam.build_efficientvit_sam",
+            name=f"efficientvit_sam_{v}",
+            checkpoint=f"${{paths.checkpoint_dir}}/efficientvit_sam_{v}.pt",
+            encoder_embed_dim=None,
+            encoder_depth=None,
+            encoder_num_heads=None,
+            encoder_global_attn_indexes=None,
+            window_size=None,
+            variant=v,
+            encoder_input_size=size,
+        )
+        for v, size in (("l0", 512), ("l1", 512), ("l2", 512), ("xl0", 1024), ("xl1", 1024))
+    },
+    # SAM 2.1 image models, from the sam2 package's own model configs.
+    **{
+        f"sam2_{size}": SAM_COMMON
+        | dict(
+            _target_="persam.sam2_model.build_sam2",
+            name=f"sam2_{size}",
+            checkpoint=f"${{paths.checkpoint_dir}}/sam2.1_{file}.pt",
+            encoder_embed_dim=None,
+            encoder_depth=None,
+            encoder_num_heads=None,
+            encoder_global_attn_indexes=None,
+            window_size=None,
+            model_config=f"configs/sam2.1/sam2.1_{cfg}.yaml",
+        )
+        for size, cfg, file in (
+            ("hiera_t", "hiera_t", "hiera_tiny"),
+            ("hiera_s", "hiera_s", "hiera_small"),
+            ("hiera_b_plus", "hiera_b+", "hiera_base_plus"),
+            ("hiera_l", "hiera_l", "hiera_large"),
+        )
+    },
+    # transformers' SamModel, vit_b's sizes, read from segment_anything's vit_b checkpoint.
+    "hf_sam": SAM_COMMON
+    | _encoder(768, 12, 12, [2, 5, 8, 11])
+    | dict(
+        _target_="persam.hf_sam.build_hf_sam",
+        name="hf_sam",
+        checkpoint="${paths.checkpoint_dir}/sam_vit_b_01ec64.pth",
+    ),
 }
 
 
@@ -98,8 +156,9 @@ EXPECTED_BACKBONES = {
 def test_compose_backbones(backbone):
     cfg = _compose([f"backbone={backbone}"])
     assert OmegaConf.to_container(cfg.backbone) == EXPECTED_BACKBONES[backbone]
-    # SAM's field order (the base's), whatever each file overrides
-    assert list(cfg.backbone) == list(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    # SAM's field order (the base's), whatever each file overrides; a family's own fields after
+    base = list(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    assert list(cfg.backbone)[: len(base)] == base
 
 
 def test_backbone_files_state_only_what_differs_from_the_base():

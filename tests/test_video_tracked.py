@@ -84,7 +84,7 @@ def test_refinement_on_an_empty_mask_raises_or_runs_without_a_box(embedded) -> N
 
 def test_tracked_keeps_identity_through_exit_and_return(embedded, videos) -> None:
     seq = videos.sequence("exit-return")
-    outputs, trace, _ = _run(embedded, seq, VideoPolicy(mode="tracked"))
+    outputs, trace, _ = _run(embedded, seq, VideoPolicy(mode="tracked", true_largest=True))
     gone = [i for i in range(1, len(seq)) if 1 not in seq.annotation(i)]
     back = [i for i in range(gone[-1] + 1, len(seq))]
     assert gone and back
@@ -97,7 +97,7 @@ def test_tracked_keeps_identity_through_exit_and_return(embedded, videos) -> Non
             union = ((out.labels == 1) | (gt == 1)).sum()
             assert inter / union > 0.6, f"frame {out.index}: object 1 (IoU {inter / union:.2f})"
         assert 2 in out.labels  # the other object keeps its own id throughout
-    # true largest: the pick is the mask with the most pixels
+    # true largest (switched on here): the pick is the mask with the most pixels
     for key, value in trace.items():
         if key.endswith("/large_index"):
             assert value == int(np.argmax(trace[key.replace("large_index", "step1_mask_pixels")]))

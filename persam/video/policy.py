@@ -53,7 +53,7 @@ class VideoPolicy:
     fit_lr: float = 4e-4
     keep_identity: bool = True
     refind_lost: bool = True
-    true_largest: bool = True
+    true_largest: bool = False
     safe_empty: bool = True
     refind_ratio: float = 0.75
     absent_ratio: float = 0.75
