@@ -6,6 +6,8 @@ Importing the package registers the OmegaConf resolvers used by ``conf/``:
   ``weights/`` folder (where the embedded SAM of ``conf/backbone/embedded.yaml`` is shipped).
 - ``${persam_sweep:}``: the multirun folder's name in a sweep job, else null (the W&B group).
 - ``${persam_job:}``: the job's name, its overrides joined (or the task name) (the W&B run name).
+
+It also stores the config schemas of `persam.schema` in Hydra's ConfigStore.
 """
 
 from __future__ import annotations
@@ -59,3 +61,14 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+
+def _register_schemas() -> None:
+    try:
+        from persam.schema import register
+    except ImportError:  # pragma: no cover - hydra is a dependency; stay importable anyway
+        return
+    register()
+
+
+_register_schemas()

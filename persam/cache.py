@@ -2,12 +2,16 @@
 
 Key = hash(encoder weights, image pixels, preprocessing). Entries are written to a temporary
 file and renamed into place, so parallel jobs may write the same entry at the same time.
+Entries are readable by the group (and folders open to it) whatever the umask, since SLURM
+users share one cache; a folder that cannot be written is named in one warning and the run
+goes on without storing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,10 @@ from torch import nn
 from persam.files import atomic_write
 
 log = logging.getLogger(__name__)
+
+# Permissions of cache entries and of the folders the cache creates (umask-independent).
+FILE_MODE = 0o664
+DIR_MODE = 0o2775
 
 # Bump when the way images are resized or normalised before the encoder changes.
 PREPROCESS_VERSION = "sam-resize-longest-side-v1"
@@ -58,6 +66,7 @@ class EmbeddingCache:
         self.root = Path(root).expanduser()
         self.enabled = enabled
         self.stats = CacheStats()
+        self.writable = True  # False after a failed write: the run goes on without storing
 
     def key(self, model_fingerprint: str, image: np.ndarray, preprocess: str) -> str:
         raw = f"{model_fingerprint}|{image_fingerprint(image)}|{preprocess}|{PREPROCESS_VERSION}"
@@ -70,7 +79,11 @@ class EmbeddingCache:
         if not self.enabled:
             return None
         path = self._path(key)
-        if path.is_file():
+        try:
+            present = path.is_file()
+        except OSError:  # an unreadable cache folder: computed, and the store warns once
+            present = False
+        if present:
             try:
                 entry = torch.load(path, map_location="cpu", weights_only=True)
                 self.stats.hits += 1
@@ -82,7 +95,41 @@ class EmbeddingCache:
         self.stats.misses += 1
         return None
 
+    def _mkdir(self, folder: Path) -> None:
+        """Create `folder` (and missing parents) open to the group."""
+        missing = []
+        for parent in (folder, *folder.parents):
+            if parent.is_dir():
+                break
+            missing.append(parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        for made in reversed(missing):
+            if made != self.root and self.root not in made.parents:
+                continue  # folders above the cache root keep the user's permissions
+            try:
+                os.chmod(made, DIR_MODE)
+            except OSError:  # made by another user's job meanwhile: theirs to set
+                pass
+
     def store(self, key: str, entry: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or not self.writable:
             return
-        atomic_write(self._path(key), lambda f: torch.save(entry, f), binary=True)
+        path = self._path(key)
+
+        def write(f) -> None:
+            torch.save(entry, f)
+            os.fchmod(f.fileno(), FILE_MODE)  # before it is put in place; umask-independent
+
+        try:
+            self._mkdir(path.parent)
+            atomic_write(path, write, binary=True)
+        except OSError as exc:  # read-only, not ours, full: the run goes on without caching
+            self.writable = False
+            log.warning(
+                "Embedding cache folder %s is not writable (%s: %s); going on without caching. "
+                "Fix its permissions, point PERSAM_CACHE_DIR (or cache.root=) at a writable "
+                "folder, or pass cache.enabled=false.",
+                self.root,
+                type(exc).__name__,
+                exc.strerror or exc,
+            )

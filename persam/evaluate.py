@@ -26,7 +26,7 @@ from persam.data.instances import (
     ground_truth_instances,
     write_instances,
 )
-from persam.data.perseg import DataError, ObjectSet, foreground, read_annotation, read_image
+from persam.data.perseg import DataError, ObjectSet, foreground
 from persam.data.perturb import perturb_annotation
 from persam.loggers import RunLogger
 from persam.method import EmptyReferenceMask, PerSAM, Target
@@ -102,10 +102,10 @@ class ObjectTask(Task):
     def run_unit(self, name: str) -> dict[str, Any]:
         """Segment every image of object `name` (from each reference); its metrics.json entry."""
         obj: ObjectSet = self.dataset.object(name)
-        warnings = list(obj.warnings)
+        self._current = obj  # its (reading) warnings go into the entry even if it fails
         if not obj.all_references:
             entry, target = self._reference_run(obj, self.run_dir, obj.name)
-            warnings += entry.pop("warnings")
+            warnings = list(obj.warnings) + entry.pop("warnings")
             return {
                 "status": "ok",
                 "error": None,
@@ -116,14 +116,16 @@ class ObjectTask(Task):
 
         by_reference: dict[str, dict[str, Any]] = {}
         counts = InstanceMeter()
-        for ref in obj.references:
+        per_reference: list[str] = []
+        for ref in obj.references:  # the copies share obj.warnings (reading warnings)
             entry, target = self._reference_run(
                 obj.with_reference(ref), self.run_dir / "by_reference" / ref, f"{obj.name}/{ref}"
             )
-            warnings += [f"reference {ref}: {w}" for w in entry.pop("warnings")]
+            per_reference += [f"reference {ref}: {w}" for w in entry.pop("warnings")]
             for key in ("found", "predicted", "ground_truth", "n_images"):
                 setattr(counts, key, getattr(counts, key) + entry["instances"][key])
             by_reference[ref] = {**entry, **_fit_fields(target)}
+        warnings = list(obj.warnings) + per_reference
         refs = list(by_reference.values())
         ious = np.array([e["iou"] for e in refs])
         return {
@@ -157,11 +159,9 @@ class ObjectTask(Task):
         warnings: list[str] = []
         kind, amount = self.perturbation
         # the reference, and the k - 1 images after it with data.shots=k (learned together)
-        ref_images = {s: read_image(obj.images[s]) for s in obj.shot_stems()}
+        ref_images = {s: obj.read_image(s) for s in obj.shot_stems()}
         ref_masks = [
-            perturb_annotation(
-                read_annotation(obj.annotations[s], image.shape), kind, amount, obj.name, s
-            )
+            perturb_annotation(obj.read_annotation(s, image.shape), kind, amount, obj.name, s)
             for s, image in ref_images.items()
         ]
         images, masks = list(ref_images.values()), ref_masks
@@ -171,14 +171,17 @@ class ObjectTask(Task):
             target = method.learn(images, masks, name=fit_name, logger=self.run_logger.logger)
         except EmptyReferenceMask as exc:
             if kind == "none":
-                raise
+                raise DataError(
+                    f"Reference annotation {obj.reference_annotation}: {exc}. Draw a larger "
+                    f"mask, or choose another reference image (data.reference=NN)."
+                ) from exc
             raise EmptyReferenceMask(
                 f"object '{obj.name}': after data.reference_perturbation={kind} with "
                 f"data.perturbation_amount={amount}: {exc}; lower the amount"
             ) from exc
         meter, instance_meter = ObjectMeter(), InstanceMeter()
-        for stem, path in obj.images.items():
-            image = ref_images[stem] if stem in ref_images else read_image(path)
+        for stem in obj.images:
+            image = ref_images[stem] if stem in ref_images else obj.read_image(stem)
             pred = method.segment(image, target)
             write_mask(out_dir / "masks" / obj.name / f"{stem}.png", pred.mask)
             instance_map = pred.instance_map()
@@ -191,24 +194,43 @@ class ObjectTask(Task):
             if stem not in ref_images:
                 ann = obj.annotations[stem]
                 if ann.is_file():
-                    gt = foreground(read_annotation(ann, image.shape))
+                    gt = foreground(obj.read_annotation(stem, image.shape))
                     meter.update(pred.mask, gt)
                     instance_meter.update(
                         instance_map,
                         ground_truth_instances(self.instances_root, obj.name, stem, gt),
                     )
                 else:
-                    msg = f"{stem}: no annotation {ann}; image segmented but not scored"
+                    msg = (
+                        f"{stem}: no annotation {ann}; image segmented but not scored. Add the "
+                        f"mask PNG to score it."
+                    )
                     log.warning(msg)
                     warnings.append(msg)
         instances = {**instance_meter.result(), "source": self._instance_source()}
-        return {**meter.result(), "instances": instances, "warnings": warnings}, target
+        if meter.n_images:
+            scores = meter.result()
+        else:
+            scores = {"iou": None, "biou": None, "acc": None, "n_images": 0}
+            msg = (
+                f"object '{obj.name}' has no scorable test image (no image besides the "
+                f"reference {obj.reference} has an annotation): n_images 0, left out of the "
+                f"means. Add test images with masks under Images/{obj.name}/ and "
+                f"Annotations/{obj.name}/."
+            )
+            log.warning(msg)
+            warnings.append(msg)
+        return {**scores, "instances": instances, "warnings": warnings}, target
 
     def failed_fields(self, name: str, exc: BaseException) -> dict[str, Any]:
-        try:
-            warnings = list(self.dataset.object(name).warnings)
-        except DataError:
-            warnings = []
+        current = getattr(self, "_current", None)
+        if current is not None and current.name == name:
+            warnings = list(current.warnings)
+        else:
+            try:
+                warnings = list(self.dataset.object(name).warnings)
+            except DataError:
+                warnings = []
         return {"iou": None, "biou": None, "acc": None, "n_images": 0, "warnings": warnings}
 
     def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

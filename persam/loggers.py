@@ -30,7 +30,7 @@ class RunLogger:
 
     def hyperparams(self, cfg: DictConfig) -> None:
         if self.logger is not None:
-            self.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            self.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
     def image(self, caption: str, path: Path) -> None:
         if len(self.images) < self.max_images:

@@ -149,6 +149,9 @@ class PerSAM:
         instance_overlap: float = 0.5,
         max_instances: int = 10,
     ) -> None:
+        target_pooling = getattr(target_pooling, "value", target_pooling)  # schema enum -> str
+        shot_pooling = getattr(shot_pooling, "value", shot_pooling)
+        shot_points = getattr(shot_points, "value", shot_points)
         if refine_steps not in (0, 1, 2):
             raise ValueError(f"method.refine_steps must be 0, 1 or 2, got {refine_steps}")
         if target_pooling not in ("mean", "max_mean"):
@@ -420,7 +423,10 @@ class PerSAMF(PerSAM):
             instance_overlap=instance_overlap,
             max_instances=max_instances,
         )
-        self.scale_weights = dict(scale_weights or {})
+        # plain values (the config schema gives `fused` as an enum)
+        self.scale_weights = {
+            k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
+        }
         load = self.scale_weights.pop("load", None)
         self.saved_weights = None
         if load:

@@ -18,8 +18,10 @@ F1 per variant; with data.reference=all, each object's IoU mean, std, min and ma
 Video sweeps (`persam.video -m ...`, units = sequences) are reported the same way with J&F,
 J and F per variant and J&F per sequence (`report_sequences.csv`).
 
-Jobs that did not finish (no metrics.json) or that have failed objects are listed, and the
-finished ones are still reported.
+Only complete runs are ranked. Jobs that did not finish (no metrics.json, or `complete: false`
+in it: killed or interrupted, reported as "incomplete" with the command that resumes them),
+jobs of the sweep that never started (listed in `<sweep>/multirun.yaml`, no job folder), and
+jobs with failed units are listed under the problems; the complete ones are still reported.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from persam.preflight import IGNORED_KEYS
 
 METRICS = ("miou", "mbiou", "macc")
 
@@ -68,17 +72,84 @@ class Job:
     metrics: dict | None
     name: str = ""
     problems: list[str] = field(default_factory=list)
+    started: bool = True
 
     @property
     def finished(self) -> bool:
-        return self.metrics is not None
+        """A complete run: metrics.json with an entry for every expected object."""
+        return self.metrics is not None and self.metrics.get("complete", True) is True
+
+
+def _keep(override: str) -> bool:
+    """Overrides that name a variant (not `resume=true`, `progress=false`, ...)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split(".", 1)[0] not in IGNORED_KEYS
+
+
+def _canonical(override: str) -> str:
+    """`key=value` as Hydra's sweeper writes it, booleans in lower case (`overlays=false`), so
+    the jobs of a sweep and a job run again by hand compare equal."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        value = parsed.value()
+        text = str(value).lower() if isinstance(value, bool) else parsed.get_value_element_as_str()
+        return f"{parsed.get_key_element()}={text}"
+    except Exception:  # noqa: BLE001 - shown as written
+        return override
 
 
 def _read_overrides(folder: Path) -> list[str]:
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    overrides = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    return [_canonical(o) for o in overrides if _keep(o)]
+
+
+def _incomplete(folder: Path, metrics: dict) -> str:
+    units = [k for k in ("objects", "episodes", "sequences") if isinstance(metrics.get(k), dict)]
+    done = len(metrics[units[0]]) if units else 0
+    expected = metrics.get("expected")
+    count = f"{done} of {len(expected)}" if isinstance(expected, list) else str(done)
+    module = "persam.video" if units == ["sequences"] else "persam.run"
+    return (
+        f"incomplete: {count} {units[0] if units else 'units'} finished (killed or "
+        f"interrupted); not ranked. Finish it with `python -m {module} resume=true "
+        f"hydra.run.dir={folder}`"
+    )
+
+
+def _entry_module(sweep: Path) -> str:
+    """`persam.video` for a video sweep (its config has the `video` group), else `persam.run`."""
+    try:
+        cfg = yaml.safe_load((Path(sweep) / "multirun.yaml").read_text()) or {}
+        choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
+    except Exception:  # noqa: BLE001
+        return "persam.run"
+    return "persam.video" if "video" in choices else "persam.run"
+
+
+def expected_jobs(sweep: Path) -> list[list[str]] | None:
+    """The overrides of every job of the sweep recorded in `sweep/multirun.yaml` (None if none)."""
+    path = Path(sweep) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        cfg = yaml.safe_load(path.read_text()) or {}
+        hydra_cfg = cfg.get("hydra", {})
+        params = (hydra_cfg.get("sweeper") or {}).get("params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()]
+        arguments += list((hydra_cfg.get("overrides") or {}).get("task") or [])
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # noqa: BLE001 - a sweep we cannot expand is reported from its folders
+        return None
+    return [[_canonical(o) for o in job if _keep(o)] for batch in batches for job in batch]
 
 
 def find_jobs(sweep: Path) -> list[Job]:
@@ -107,11 +178,42 @@ def find_jobs(sweep: Path) -> list[Job]:
             except json.JSONDecodeError as exc:
                 problems.append(f"unreadable metrics.json ({exc})")
         else:
-            problems.append("no metrics.json: the job did not finish (see its run.log)")
+            log_file = folder / "run.log"
+            where = (
+                f"see {log_file}"
+                if log_file.is_file() and log_file.stat().st_size
+                else "its run.log is empty"
+            )
+            problems.append(
+                f"incomplete: no metrics.json, the job did not finish its first object ({where}); "
+                f"not ranked"
+            )
+        if metrics is not None and metrics.get("complete", True) is not True:
+            problems.append(_incomplete(folder, metrics))
         if metrics is not None and metrics.get("n_failed"):
             unit = kind_of(metrics).unit_key
             problems.append(f"failed {unit}: {', '.join(metrics.get('failed', []))}")
         jobs.append(Job(folder, _read_overrides(folder), metrics, problems=problems))
+    if sweep not in candidates:
+        module = _entry_module(sweep)
+        present = [sorted(j.overrides) for j in jobs]
+        for number, overrides in enumerate(expected_jobs(sweep) or []):
+            if sorted(overrides) in present:
+                continue
+            folder = sweep / str(number)
+            jobs.append(
+                Job(
+                    folder,
+                    overrides,
+                    None,
+                    problems=[
+                        f"never started: job {number} of the sweep in multirun.yaml has no "
+                        f"finished job folder ({folder}); not ranked. Run it with "
+                        f"`python -m {module} {' '.join(overrides)} hydra.run.dir={folder}`"
+                    ],
+                    started=False,
+                )
+            )
     if not jobs:
         raise ReportError(
             f"No Hydra job folders in {sweep} (expected <sweep>/<n>/.hydra/). Run a sweep with "
@@ -125,7 +227,7 @@ def _name_variants(jobs: list[Job]) -> None:
     """A variant's name: its overrides that are not shared by every finished job."""
     pool = [j for j in jobs if j.finished and j.overrides]
     if len(pool) < 2:
-        pool = [j for j in jobs if j.overrides]
+        pool = [j for j in jobs if j.overrides and j.started]
     common = set.intersection(*(set(j.overrides) for j in pool)) if len(pool) > 1 else set()
     for job in jobs:
         own = [o for o in job.overrides if o not in common]
@@ -143,7 +245,7 @@ def build_report(sweep: Path) -> dict:
     done = [j for j in jobs if j.finished]
     if not done:
         lines = "\n".join(f"  {j.folder.name}: {'; '.join(j.problems)}" for j in jobs)
-        raise ReportError(f"No finished runs in {sweep}:\n{lines}")
+        raise ReportError(f"No finished runs (none complete) in {sweep}:\n{lines}")
 
     kind = kind_of(done[0].metrics)
     mixed = [j.folder.name for j in done if kind_of(j.metrics) is not kind]

@@ -31,7 +31,9 @@ from persam.backbone import BackboneError, is_random
 from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
 from persam.loggers import RunLogger
+from persam.preflight import PreflightError, check_device, claim_run_dir, resume_argv
 from persam.runner import RunInterrupted, Runner
+from persam.schema import ConfigError, check_config, check_overrides
 
 log = logging.getLogger("persam.run")
 
@@ -97,6 +99,20 @@ def build_dataset(cfg: DictConfig):
         raise
 
 
+def preflight(cfg: DictConfig, run_dir: Path) -> bool:
+    """Config values, GPU, run folder (persam/preflight.py): stop once, before any work, then
+    record the config in `run_dir/.hydra`. True when an interrupted run there is continued."""
+    hc = HydraConfig.get()
+    try:
+        check_overrides(list(hc.overrides.task))
+        check_config(cfg)
+        check_device(cfg)
+        return claim_run_dir(run_dir, cfg, hc)
+    except (ConfigError, PreflightError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
+
+
 def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     """Compose -> instantiate -> run the dataset's task; returns the metrics summary.
 
@@ -104,6 +120,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    preflight(cfg, run_dir)
 
     sam = build_backbone(cfg)
     random_weights = is_random(cfg.backbone.get("checkpoint"))
@@ -177,9 +194,26 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except KeyboardInterrupt:  # outside the runner's loop (it handles its own): one line
+        run_dir = HydraConfig.get().runtime.output_dir
+        log.error(
+            "Interrupted (Ctrl-C) outside the run's loop; whatever was finished is in %s "
+            "(resume=true hydra.run.dir=%s continues it)",
+            run_dir,
+            run_dir,
+        )
+        raise SystemExit(130) from None
     return summary.get("miou")
 
 
+def cli() -> None:
+    """`python -m persam.run` / `persam-run`; `resume=true hydra.run.dir=DIR` alone continues
+    the run recorded in DIR with its own overrides (`persam.preflight.resume_argv`)."""
+    sys.argv[1:] = resume_argv(sys.argv[1:])
+    main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -151,7 +151,10 @@ class Runner:
                 results[name] = entry
                 write(complete=False)
                 bar.update(1)
-        except KeyboardInterrupt as exc:
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Lightning turns a Ctrl-C during a fit (PerSAM-F) into sys.exit(1): the same thing
+            if isinstance(exc, SystemExit) and not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
             bar.close()
             write(complete=False)
             raise RunInterrupted(

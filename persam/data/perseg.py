@@ -4,6 +4,11 @@ The reference image of each object is `reference` (default `00`); every image of
 the reference included, is segmented, and metrics skip the reference. Bad files raise
 `DataError` with the file and the fix; stray files (`.DS_Store`, `Thumbs.db`, ...) are skipped
 with a warning.
+
+Annotations are PNGs (`.png` in any letter case): 8- or 16-bit grayscale, RGB(A) or palette;
+the foreground is any non-zero value (palette index, channel). The official code reads the red
+channel of an 8-bit decode; where that reading differs, the file is named in a warning. EXIF
+orientation tags are refused, applied or ignored (`data.exif`) for images and masks alike.
 """
 
 from __future__ import annotations
@@ -32,35 +37,197 @@ def is_stray(path: Path) -> bool:
     )
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3), decoded as the official code does (cv2, BGR -> RGB)."""
+# EXIF orientation tag values -> what the stored pixels need to be shown upright.
+EXIF_ORIENTATION = {
+    2: "mirrored",
+    3: "rotated 180 degrees",
+    4: "flipped upside down",
+    5: "mirrored and rotated 90 degrees",
+    6: "rotated 90 degrees clockwise",
+    7: "mirrored and rotated 270 degrees",
+    8: "rotated 90 degrees counter-clockwise",
+}
+EXIF_MODES = ("error", "apply", "ignore")
+# A reference mask value the official code sees as foreground on the feature grid: the mask is
+# normalised by SAM's pixel mean (red 123.675) before the `> 0` test.
+OFFICIAL_VISIBLE = 124
+# PerSeg's own masks: RGB (128, 0, 0) on the object. A mask the official code would misread is
+# given to the method in this form, so it gives the results of the same mask saved as PerSeg's.
+PERSEG_FOREGROUND = (128, 0, 0)
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image file (1 = stored upright, or no tag)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the decoder instead
+        return 1
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels (H, W, ...) stored with EXIF `orientation`, turned as a viewer shows them."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: np.rot90(a, k=-1)[:, ::-1],
+        8: lambda a: np.rot90(a, k=1),
+    }
+    if orientation not in ops:
+        return array
+    return np.ascontiguousarray(ops[orientation](array))
+
+
+def _exif_mode(exif) -> str:
+    exif = str(getattr(exif, "value", exif))
+    if exif not in EXIF_MODES:
+        raise DataError(f"data.exif must be one of {', '.join(EXIF_MODES)}, got {exif!r}.")
+    return exif
+
+
+def check_orientation(path: Path, exif: str = "error") -> int:
+    """The orientation to apply to `path` (1 = none); refuses a tagged file under `error`."""
+    mode = _exif_mode(exif)
+    orientation = exif_orientation(path)
+    if orientation == 1 or mode == "ignore":
+        return 1
+    if mode == "error":
+        raise DataError(
+            f"{path} has an EXIF orientation tag ({orientation}: the stored pixels are shown "
+            f"{EXIF_ORIENTATION.get(orientation, 'transformed')} by viewers), so it is unclear "
+            f"which way its mask was drawn. Set data.exif=apply to turn the images and masks as "
+            f"the tag says, or data.exif=ignore to use the stored pixels of both (or re-save the "
+            f"image without the tag)."
+        )
+    return orientation
+
+
+def read_image(path: Path, exif: str = "error") -> np.ndarray:
+    """RGB uint8 (H, W, 3), decoded as the official code does (cv2, BGR -> RGB).
+
+    An EXIF orientation tag is refused (`exif="error"`), applied or ignored (`data.exif`).
+    """
     if not path.is_file():
         raise DataError(
             f"Image not found: {path}. Put the image there or remove the object folder."
         )
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DataError(
             f"Cannot read image {path}: the file is corrupt or not an image. Replace or delete it."
         )
+    image = orient(image, check_orientation(path, exif))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_annotation(path: Path, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3) annotation; raises `DataError` if missing or not the image's size."""
+def _decode_mask(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(foreground (H, W) bool, the official reading (H, W, 3) RGB uint8, format) of a mask.
+
+    Foreground = any non-zero palette index, or any non-zero colour channel at full bit depth
+    (8 or 16 bit, grey or RGB). The alpha channel counts only when every colour value is 0.
+    The official reading is cv2's 8-bit colour decode, whose red channel the official code uses.
+    """
+    from PIL import Image
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    official = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is None or official is None:
+        raise DataError(
+            f"Cannot read annotation {path}: the file is corrupt or not an image. Replace it "
+            f"with a PNG mask (foreground = any non-zero pixel)."
+        )
+    official = cv2.cvtColor(official, cv2.COLOR_BGR2RGB)
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode in ("P", "PA"):
+            indices = np.asarray(im.getchannel(0) if mode == "PA" else im)
+            return indices != 0, official, "palette"
+    bits = 16 if raw.dtype == np.uint16 else 8
+    if raw.ndim == 2:
+        return raw != 0, official, f"{bits}-bit grayscale"
+    colour, alpha = (raw[..., :-1], raw[..., -1]) if raw.shape[-1] in (2, 4) else (raw, None)
+    fg = (colour != 0).any(axis=-1)
+    kind = f"{bits}-bit {'RGBA' if alpha is not None else 'RGB'}"
+    if alpha is not None and not fg.any():
+        fg = alpha != 0
+    return fg, official, kind
+
+
+def read_annotation(
+    path: Path,
+    image_shape: tuple[int, ...] | None = None,
+    *,
+    exif: str = "error",
+    image_path: Path | None = None,
+    reference: bool = False,
+    warnings: list[str] | None = None,
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3) annotation whose non-zero pixels are the foreground.
+
+    Where the official code (8-bit decode, red channel) sees the same mask, its reading is
+    returned unchanged (so results match the official ones); otherwise the foreground in
+    PerSeg's own form (red 128), with a warning naming the file appended to `warnings`. EXIF
+    orientation: the mask is turned as its image is (`exif="apply"`, the image's tag at
+    `image_path`, or the mask's own), left as stored (`ignore`), or a tag is refused (`error`).
+    A reference mask that is empty raises `DataError`. Raises `DataError` if missing or not
+    the image's size.
+    """
     if not path.is_file():
         raise DataError(
             f"Annotation not found: {path}. Every reference image needs a mask PNG with the same "
             f"name under Annotations/<object>/ (foreground = any non-zero pixel)."
         )
-    mask = read_image(path)
-    if image_shape is not None and mask.shape[:2] != tuple(image_shape[:2]):
+    fg, official, kind = _decode_mask(path)
+    orientation = check_orientation(path, exif)
+    if orientation == 1 and image_path is not None:
+        orientation = check_orientation(image_path, exif)
+    fg, official = orient(fg, orientation), orient(official, orientation)
+    notes = warnings if warnings is not None else []
+    if image_shape is not None and fg.shape != tuple(image_shape[:2]):
+        hint = ""
+        if image_path is not None and exif_orientation(image_path) != 1:
+            hint = (
+                f" {image_path} has an EXIF orientation tag: data.exif=apply or "
+                f"data.exif=ignore may be what pairs them."
+            )
         raise DataError(
-            f"Annotation {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"Annotation {path} is {fg.shape[1]}x{fg.shape[0]} but its image is "
             f"{image_shape[1]}x{image_shape[0]} (width x height). Resize the mask to the image "
-            f"(nearest-neighbour) or fix the pairing."
+            f"(nearest-neighbour) or fix the pairing.{hint}"
         )
-    return mask
+    if reference and not fg.any():
+        raise DataError(
+            f"Reference annotation {path} is empty: no non-zero pixel ({kind}). Draw the object "
+            f"in it, or choose another reference image (data.reference=NN)."
+        )
+    red = official[..., 0]
+    seen = red > 0
+    faint = reference and bool((seen & (red < OFFICIAL_VISIBLE)).any())
+    if np.array_equal(seen, fg) and not faint:
+        return official
+    if not np.array_equal(seen, fg):
+        msg = (
+            f"annotation {path} ({kind}): {int(fg.sum())} foreground pixels (any non-zero "
+            f"value), but the official code, which reads the red channel of an 8-bit decode, "
+            f"sees {int(seen.sum())}; using {int(fg.sum())}. Re-save the mask as 0/255 8-bit to "
+            f"silence this."
+        )
+    else:
+        msg = (
+            f"reference annotation {path} ({kind}): foreground values below "
+            f"{OFFICIAL_VISIBLE} (e.g. a 0/1 mask), which the official code loses on the "
+            f"feature grid; read as foreground. Re-save the mask as 0/255 to silence this."
+        )
+    log.warning(msg)
+    notes.append(msg)
+    canonical = np.zeros((*fg.shape, 3), np.uint8)
+    canonical[fg] = PERSEG_FOREGROUND
+    return canonical
 
 
 def foreground(mask_rgb: np.ndarray) -> np.ndarray:
@@ -77,6 +244,7 @@ class ObjectSet:
     images: dict[str, Path]  # stem -> image path, sorted
     annotations: dict[str, Path]  # stem -> annotation path (may be missing on disk)
     warnings: list[str] = field(default_factory=list)
+    exif: str = "error"  # data.exif: error | apply | ignore
     # `data.reference=all`: every annotated image serves as the reference in turn.
     all_references: bool = False
     shots: int = 1  # reference images learned from together (k-shot, `data.shots`)
@@ -126,6 +294,21 @@ class ObjectSet:
     def reference_annotation(self) -> Path:
         return self.annotations[self.reference]
 
+    def read_image(self, stem: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of image `stem`, oriented as `exif` says."""
+        return read_image(self.images[stem], exif=self.exif)
+
+    def read_annotation(self, stem: str, image_shape: tuple[int, ...]) -> np.ndarray:
+        """RGB uint8 (H, W, 3) annotation of `stem` (see `read_annotation`); warnings kept."""
+        return read_annotation(
+            self.annotations[stem],
+            image_shape,
+            exif=self.exif,
+            image_path=self.images.get(stem),
+            reference=stem == self.reference,
+            warnings=self.warnings,
+        )
+
 
 class PerSegDataset:
     """Lists the objects of a PerSeg-layout folder.
@@ -141,6 +324,8 @@ class PerSegDataset:
         None: the connected components of the annotations.
       reference_perturbation / perturbation_amount: degrade the reference mask
         (`persam.data.perturb`: none, erode, dilate, shift, noise, box).
+      exif: an image with an EXIF orientation tag is refused (`error`, naming the file), or
+        the tag is applied to the image and its masks alike (`apply`) or ignored (`ignore`).
     """
 
     def __init__(
@@ -152,6 +337,7 @@ class PerSegDataset:
         reference_perturbation: str = "none",
         perturbation_amount: float = 0.1,
         shots: int = 1,
+        exif: str = "error",
     ):
         from persam.data.perturb import check_perturbation
 
@@ -164,6 +350,7 @@ class PerSegDataset:
 
         self.root = Path(root).expanduser()
         self.reference = str(reference)
+        self.exif = _exif_mode(exif)
         self.instances_root = None if instances_root is None else Path(instances_root).expanduser()
         if self.instances_root is not None and not self.instances_root.is_dir():
             raise DataError(
@@ -221,7 +408,19 @@ class PerSegDataset:
             if path.stem in images:
                 raise DataError(f"Two images named {path.stem} in {folder}; keep one.")
             images[path.stem] = path
-        annotations = {stem: self.annotations_dir / name / f"{stem}.png" for stem in images}
+        # masks: `<stem>.png` in any letter case (`00.PNG`)
+        ann_dir = self.annotations_dir / name
+        found = {}
+        if ann_dir.is_dir():
+            for path in sorted(ann_dir.iterdir()):
+                if path.suffix.lower() == ".png" and path.is_file() and not is_stray(path):
+                    if path.stem in found:
+                        raise DataError(
+                            f"Two annotations named {path.stem} in {ann_dir} "
+                            f"({found[path.stem].name}, {path.name}); keep one."
+                        )
+                    found[path.stem] = path
+        annotations = {stem: found.get(stem, ann_dir / f"{stem}.png") for stem in images}
         if self.reference == "all":
             reference = next(iter(images), "00")
             return ObjectSet(
@@ -232,5 +431,8 @@ class PerSegDataset:
                 warnings,
                 all_references=True,
                 shots=self.shots,
+                exif=self.exif,
             )
-        return ObjectSet(name, self.reference, images, annotations, warnings, shots=self.shots)
+        return ObjectSet(
+            name, self.reference, images, annotations, warnings, shots=self.shots, exif=self.exif
+        )

@@ -63,7 +63,8 @@ def read_upload(path: str | Path | None, role: str) -> np.ndarray:
     if path is None:
         raise DemoInputError(f"No {role}: upload one (JPEG or PNG) or load the example.")
     try:
-        return read_image(Path(path))
+        # the browser shows an upload turned as its EXIF tag says: read it the same way
+        return read_image(Path(path), exif="apply")
     except DataError as exc:
         raise DemoInputError(
             f"The {role} '{display_name(path)}' cannot be read: it is corrupt or not an image. "

@@ -1,0 +1,79 @@
+"""Strict configuration: typed schemas in Hydra's ConfigStore, checked when composed."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from persam.conf import CONFIG_DIR
+from persam.method import PerSAMF
+from persam.schema import ConfigError, check_config, check_overrides
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "says"),
+    [
+        ("method.negative_point=flase", "method.negative_point", "not a valid bool"),
+        ("method=persam_f", None, None),
+        ("method.refine_steps=two", "method.refine_steps", "could not be converted to Integer"),
+        ("method.target_pooling=max", "method.target_pooling", "expected one of [mean, max_mean]"),
+        ("data=perseg", None, None),
+        ("data.exif=rotate", "data.exif", "expected one of [error, apply, ignore]"),
+        ("overlays=maybe", "overlays", "not a valid bool"),
+        ("cache.enabled=off_", "cache.enabled", "not a valid bool"),
+        ("seed=1.5", "seed", "Integer"),
+    ],
+)
+def test_wrong_types_fail_at_composition_naming_the_field(override, field, says):
+    overrides = ["data=perseg", override] if override.startswith("data.") else [override]
+    if field is None:
+        _compose(overrides)
+        return
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(overrides)
+    cause = str(err.value.__cause__)
+    assert f"full_key: {field}" in cause and says in cause, cause
+
+
+def test_scale_weights_are_typed_and_reach_the_method_as_plain_values():
+    with pytest.raises(ConfigCompositionException, match="fused"):
+        _compose(["method=persam_f", "method.scale_weights.fused=jit"])
+    cfg = _compose(["method=persam_f", "method.scale_weights.fused=eager"])
+    method = instantiate(
+        cfg.method, sam=instantiate(cfg.backbone), trainer=instantiate(cfg.trainer)
+    )
+    assert isinstance(method, PerSAMF)
+    assert method.scale_weights["fused"] == "eager" and type(method.scale_weights["fused"]) is str
+    assert method.target_pooling == "max_mean" and type(method.target_pooling) is str
+
+
+@pytest.mark.parametrize("value", ["no", "yes", "on", "off", "1", "0"])
+def test_boolean_switches_accept_only_true_or_false(value):
+    override = f"method.semantic_prompt={value}"
+    _compose([override])  # OmegaConf reads these as booleans...
+    with pytest.raises(ConfigError, match="method.semantic_prompt=true or method.semantic_prompt"):
+        check_overrides([override])  # ...persam.run refuses them before any work
+    check_overrides(["method.semantic_prompt=false", "method.guided_attention=true,false"])
+    with pytest.raises(ConfigError, match="resume"):
+        check_overrides(["resume=yes"])
+
+
+def test_integer_choices_are_checked_naming_the_field():
+    check_config(_compose(["method.refine_steps=1"]))
+    with pytest.raises(ConfigError, match=r"method.refine_steps=3 is not allowed: choose one"):
+        check_config(_compose(["method.refine_steps=3"]))
+    with pytest.raises(ConfigError, match=r"method.scale_weights.steps=0 must be at least 1"):
+        check_config(_compose(["method=persam_f", "method.scale_weights.steps=0"]))
+
+
+def test_choices_print_as_their_plain_strings():
+    cfg = _compose(["method.target_pooling=max_mean"])
+    value = cfg.method.target_pooling
+    assert value == "max_mean" and str(value) == "max_mean" and f"{value}" == "max_mean"
