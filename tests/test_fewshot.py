@@ -294,9 +294,16 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
             np.testing.assert_array_equal(a, b)
         # two references (00, 01): only 02 is scored
         assert m2["objects"][obj]["n_images"] == 1
-    bad = run_cli([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    # all three images as references: nothing left to score, said as at k = 1
+    proc = run_cli([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'all'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries = json.loads((tmp_path / "all" / "metrics.json").read_text())["objects"]
+    for obj in GOLDEN_OBJECTS:
+        assert entries[obj]["n_images"] == 0 and entries[obj]["iou"] is None
+        assert any("no scorable test image" in w for w in entries[obj]["warnings"])
+    bad = run_cli([*base, "data.shots=4", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert bad.returncode != 0
-    assert "data.shots=3 needs 4" in (bad.stdout + bad.stderr)
+    assert "data.shots=4 needs 4 reference images" in (bad.stdout + bad.stderr)
 
 
 # ------------------------------------------------------------------------------ configs

@@ -141,8 +141,13 @@ def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
         assert f"{cls}/1.jpg" in [e["query"], *e["supports"].split(";")]
         assert "Cannot read mask" in e["error"] and f"{cls}/1.png" in e["error"]
     assert metrics["n_episodes"] == 10 - len(failed)
-    # the saved episode list guards the folder: a different draw is refused
+    # resuming with another seed is refused by the recorded configuration (the field named)
     again = run_cli([*args, "data.seed=5", "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert again.returncode != 0 and "data.seed" in again.stdout + again.stderr
+    # the same configuration over changed data draws other episodes: the saved list refuses it
+    (root / cls / "1.png").unlink()
+    (root / cls / "1.jpg").unlink()
+    again = run_cli([*args, "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert again.returncode != 0 and "different episode list" in again.stdout + again.stderr
 
 

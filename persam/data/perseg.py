@@ -255,12 +255,12 @@ class ObjectSet:
         stems = list(self.images)
         start = stems.index(self.reference)
         ordered = stems[start:] + stems[:start]
-        if len(ordered) < self.shots + 1:
+        if len(ordered) < self.shots:
             raise DataError(
                 f"Object '{self.name}' has {len(ordered)} image(s): data.shots={self.shots} "
-                f"needs {self.shots + 1} (k references and at least one image to score). Lower "
-                "data.shots or add images."
+                f"needs {self.shots} reference images. Lower data.shots or add images."
             )
+        # With no image left to score, the object gets n_images 0 and a warning (as at k = 1).
         return ordered[: self.shots]
 
     @property
