@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from persam.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 FusedMode = Literal["compile", "eager"]
@@ -317,10 +319,7 @@ def _save_artifacts() -> None:
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(saved[0])
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(saved[0]), binary=True)
     except OSError as exc:
         log.warning("could not save the compile cache to %s (%s)", path, exc)
 

@@ -2,10 +2,7 @@
 
 import sys
 
-from persam.preflight import resume_argv
-from persam.video.app import main
+from persam.video.app import cli
 
 if __name__ == "__main__":
-    # `resume=true hydra.run.dir=DIR` alone continues the run recorded in DIR (its overrides)
-    sys.argv[1:] = resume_argv(sys.argv[1:])
-    main()
+    sys.exit(cli())

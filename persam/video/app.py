@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from persam.conf import CONFIG_DIR
+from persam.preflight import resume_argv
 from persam.run import run
 
 log = logging.getLogger("persam.video")
@@ -42,5 +43,12 @@ def main(cfg: DictConfig) -> float | None:
     return run(cfg, task_options={"policy": policy(cfg)}).get("jf")
 
 
+def cli() -> None:
+    """`python -m persam.video` / `persam-video`; `resume=true hydra.run.dir=DIR` alone continues
+    the run recorded in DIR with its own overrides (as `persam.run.cli`)."""
+    sys.argv[1:] = resume_argv(sys.argv[1:])
+    main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

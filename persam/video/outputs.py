@@ -7,28 +7,21 @@ overlays/<seq>.gif              frames with the objects tinted in their palette 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from persam.files import replacing
+
 
 def write_label_png(path: Path, labels: np.ndarray, palette: list[int]) -> None:
     """(H, W) uint8 ids -> indexed PNG with `palette` (768 ints), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     img.putpalette(palette)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def overlay_frame(
@@ -62,12 +55,9 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 8.0) -> None:
     """Animated GIF of RGB frames (all of one size), looping, written atomically."""
     if not frames:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Fast octree quantisation to 256 colours (PIL's default for GIF is many times slower).
     images = [Image.fromarray(f).quantize(256, method=Image.Quantize.FASTOCTREE) for f in frames]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         images[0].save(
             tmp,
             format="GIF",
@@ -76,7 +66,3 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 8.0) -> None:
             duration=round(1000 / fps),
             loop=0,
         )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
