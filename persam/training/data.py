@@ -58,9 +58,14 @@ def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, 
     # whose Generators are seeded with 5 entries.
     rng = np.random.default_rng([SPLITS["train"], seed, index, k])
     scene = render_scene(
-        identity, rng, distractors=distractors, distractor_pool=world, distractor_labels=True
+        identity,
+        rng,
+        distractors=distractors,
+        distractor_pool=world,
+        distractor_labels=True,
+        part_labels=True,
     )
-    image, mask, labels = scene.image, scene.mask, scene.labels
+    image, mask, labels, parts = scene.image, scene.mask, scene.labels, scene.parts
     ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise OSError("cv2.imencode failed")
@@ -70,7 +75,9 @@ def _render_one(task: tuple[Identity, tuple[Identity, ...], int, int, int, int, 
     small_mask = resize.apply_image(mask.astype(np.uint8) * 255) >= 128
     small_labels = cv2.resize(labels, small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     small_labels[small_mask] = 0  # the resized target mask wins on its boundary
-    return Scene(image=small, mask=small_mask, labels=small_labels)
+    small_parts = cv2.resize(parts, small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    small_parts[~small_mask] = 0
+    return Scene(image=small, mask=small_mask, labels=small_labels, parts=small_parts)
 
 
 def render_pool(cfg: DataConfig, image_size: int, progress: bool = True) -> list[list[Scene]]:
@@ -107,6 +114,20 @@ def render_pool(cfg: DataConfig, image_size: int, progress: bool = True) -> list
     return [scenes[i * n : (i + 1) * n] for i in range(cfg.num_identities)]
 
 
+def touching_group(mask: np.ndarray, labels: np.ndarray, min_area: float) -> np.ndarray:
+    """The "group" of a target (h, w) bool: the target and every labelled object (at least
+    `min_area` of the image) that touches it, as float32 0/1 (h, w)."""
+    h, w = mask.shape
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~mask
+    out = mask.copy()
+    for k in np.unique(labels[ring]):
+        if k > 0:
+            obj = labels == k
+            if obj.sum() >= min_area * h * w:
+                out |= obj
+    return out.astype(np.float32)
+
+
 class PairBatches(IterableDataset):
     """Endless batches of scene pairs; batch `step` is a pure function of (seed, step).
 
@@ -118,7 +139,11 @@ class PairBatches(IterableDataset):
       identity (2B,) int, index of the train identity;
       others (2B, E, S, S) float 0/1: up to `extra_objects` visible distractors per image (at
           least `min_other_area` of the image each; more promptable-segmentation targets for
-          the same encoder pass), others_ok (2B, E) bool: which of them exist.
+          the same encoder pass), others_ok (2B, E) bool: which of them exist;
+      parts (2B, S, S) long: `k` on the target's k-th visible part, 0 elsewhere (the "part"
+          scale of SAM's nested masks; all 0 for objects without parts);
+      group (2B, 1, S, S) float 0/1: the target and the distractors touching it (the "group"
+          scale; the target alone when none touches it).
     """
 
     def __init__(
@@ -160,19 +185,29 @@ class PairBatches(IterableDataset):
         e = self.extra_objects
         others = torch.zeros(2 * b, e, s, s)
         others_ok = torch.zeros(2 * b, e, dtype=torch.bool)
+        parts = torch.zeros(2 * b, s, s, dtype=torch.long)
+        group = torch.zeros(2 * b, 1, s, s)
         other_rng = np.random.default_rng([self.seed, step, 12])  # keeps `rng`'s draws as before
         for j in range(2 * b):
             i = int(ids[j % b])
             scene = self.pool[i][int(picks[j % b][j // b])]
-            image, mask, labels = scene.image, scene.mask, scene.labels
+            image, mask, labels, part = scene.image, scene.mask, scene.labels, scene.parts
             if flips[j]:
                 image, mask, labels = image[:, ::-1], mask[:, ::-1], labels[:, ::-1]
+                part = part[:, ::-1] if part is not None else None
             h, w = mask.shape
             x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
             images[j, :, :h, :w] = (x - self.mean) / self.std
             masks[j, 0, :h, :w] = torch.from_numpy(np.ascontiguousarray(mask)).float()
             valid[j] = torch.tensor([h, w])
             identity[j] = i
+            if part is not None:
+                parts[j, :h, :w] = torch.from_numpy(np.ascontiguousarray(part).astype(np.int64))
+            if labels is not None:
+                near = touching_group(mask, labels, self.min_other_area)
+            else:
+                near = mask.astype(np.float32)
+            group[j, 0, :h, :w] = torch.from_numpy(np.ascontiguousarray(near))
             if e:
                 ks, areas = np.unique(labels, return_counts=True)
                 big = ks[(ks > 0) & (areas >= self.min_other_area * h * w)]
@@ -187,6 +222,8 @@ class PairBatches(IterableDataset):
             "identity": identity,
             "others": others,
             "others_ok": others_ok,
+            "parts": parts,
+            "group": group,
         }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

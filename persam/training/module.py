@@ -47,6 +47,9 @@ from persam.training.prompts import (
 )
 
 FIRST_PROMPTS = ("point", "pos_neg", "box")
+#: How the three multimask outputs are trained: SAM's min over the three against the object, or
+#: nested scales (part, object, group) on the first pass.
+MULTIMASK = ("min", "nested")
 # Focal loss weighting both classes alike: with detectron's alpha = 0.25 the foreground weighs a
 # third of the background and a model trained from scratch for a few hundred steps collapses to
 # empty masks.
@@ -114,9 +117,14 @@ class EmbeddedSamModule(L.LightningModule):
         nce_temperature: float = 0.1,
         loss_size: int = 128,
         extra_weight: float = 1.0,
+        multimask: str = "min",
         init_from: str | None = None,
     ) -> None:
         super().__init__()
+        if multimask not in MULTIMASK:
+            raise ValueError(
+                f"train.module.multimask={multimask!r}: expected one of {list(MULTIMASK)}"
+            )
         self.save_hyperparameters()
         self.sam = build_architecture(**architecture)
         #: the SAM state dict training continued from (resolved path), or None (random init)
@@ -137,30 +145,56 @@ class EmbeddedSamModule(L.LightningModule):
         with self.decoder_handle.guide(guidance, semantic):
             return decode(self.sam, features, points.tensors(features.device), boxes, mask_input)
 
-    def _mask_losses(self, low: Tensor, iou_pred: Tensor, gt: Tensor, weight: Tensor):
+    def _mask_losses(
+        self, low: Tensor, iou_pred: Tensor, gt: Tensor, weight: Tensor, scales: Tensor | None
+    ):
         """Losses at the resolution of `gt` (the low-res logits upsampled bilinearly to it, as
-        `Sam.postprocess_masks` does); `up` are those upsampled logits."""
+        `Sam.postprocess_masks` does); `up` are those upsampled logits. `scales` (N, 3, s, s):
+        targets of the three multimask outputs (nested scales), else min over them against
+        `gt`. The IoU head always learns the IoU with the object `gt`."""
         size = gt.shape[-2:]
         up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-        focal = focal_loss(up, gt, alpha=FOCAL_ALPHA, weight=weight)
-        dice = dice_loss(up, gt, weight)
+        target = gt if scales is None else torch.cat([gt, scales], dim=1)
+        focal = focal_loss(up, target, alpha=FOCAL_ALPHA, weight=weight)
+        dice = dice_loss(up, target, weight)
         per_mask = self.hparams.focal_weight * focal + self.hparams.dice_weight * dice
         with torch.no_grad():
             actual = mask_iou(up, (gt > 0.5).float(), weight)
         iou_loss = F.mse_loss(iou_pred, actual)
+        multi = per_mask[:, 1:].min(dim=1).values if scales is None else per_mask[:, 1:].mean(1)
         return {
             "single": per_mask[:, 0].mean(),
-            "multi": per_mask[:, 1:].min(dim=1).values.mean(),
+            "multi": multi.mean(),
             "iou_head": iou_loss,
             "iou": actual[:, 0].mean(),
             "up": up,
         }
 
-    def _segment(self, features, gt, weight, valid, rng, guidance, semantic) -> dict:
+    def _scales(self, gt, parts, group, points: PointSet, kind: str) -> Tensor:
+        """Nested targets (N, 3, S, S) of the first pass: the part under each sample's first
+        (positive) point, the object, the group; the object where a scale is missing."""
+        part = gt.clone()
+        if parts is not None and kind != "box":
+            for i, pts in enumerate(points.points):
+                if not pts:
+                    continue
+                x, y, _ = pts[0]
+                k = int(parts[i, int(y), int(x)])
+                if k > 0:
+                    region = (parts[i] == k).to(gt.dtype)
+                    if region.sum() < 0.9 * gt[i, 0].sum():
+                        part[i, 0] = region
+        big = gt if group is None or kind == "box" else torch.maximum(group, gt)
+        return torch.cat([part, gt, big], dim=1)
+
+    def _segment(
+        self, features, gt, weight, valid, rng, guidance, semantic, parts=None, group=None
+    ) -> dict:
         """SAM's interactive training on targets `gt` (N, 1, S, S) of images `features`:
         `passes` decoder passes, the first prompt drawn from FIRST_PROMPTS, later passes add
-        the previous mask, correction points and boxes. Returns the pass-averaged losses and the
-        IoU of the first / last pass."""
+        the previous mask, correction points and boxes. `parts` (N, S, S) / `group`
+        (N, 1, S, S): the nested scales (`multimask="nested"`). Returns the pass-averaged losses
+        and the IoU of the first / last pass."""
         n = features.shape[0]
         # mask losses at `loss_size` (area-downsampled soft targets): the loss is 16x cheaper
         # than at the input size and still finer than the 4 x grid low-res masks
@@ -178,13 +212,20 @@ class EmbeddedSamModule(L.LightningModule):
             points, boxes = PointSet(n), gt_boxes(gt_np, valid_np, rng)
         else:
             points, boxes = initial_points(gt_np, valid_np, rng, negative=kind == "pos_neg"), None
+        scales = None
+        if self.hparams.multimask == "nested":
+            scales = F.interpolate(
+                self._scales(gt, parts, group, points, kind),
+                size=(loss_size, loss_size),
+                mode="area",
+            )
         mask_input = None
         seg = {"single": 0.0, "multi": 0.0, "iou_head": 0.0}
         first_iou = last_iou = None
         passes = int(self.hparams.passes)
         for p in range(passes):
             low, iou_pred = self._decode(features, points, boxes, mask_input, guidance, semantic)
-            out = self._mask_losses(low, iou_pred, gt_loss, weight_loss)
+            out = self._mask_losses(low, iou_pred, gt_loss, weight_loss, scales if p == 0 else None)
             for k in seg:
                 seg[k] = seg[k] + out[k] / passes
             first_iou = out["iou"] if first_iou is None else first_iou
@@ -258,7 +299,17 @@ class EmbeddedSamModule(L.LightningModule):
         if rng.random() < self.hparams.semantic_prob:
             semantic = protos.detach()[pair]
 
-        seg = self._segment(features, gt, weight, valid, rng, guidance, semantic)
+        seg = self._segment(
+            features,
+            gt,
+            weight,
+            valid,
+            rng,
+            guidance,
+            semantic,
+            parts=batch.get("parts"),
+            group=batch.get("group"),
+        )
         others_ok = batch.get("others_ok")
         extra = None
         if others_ok is not None and bool(others_ok.any()):

@@ -65,6 +65,8 @@ class TrainingRecord(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
+        # the record of the weights this run continues from (read now: an export may replace it)
+        self.previous = previous_chain(pl_module.init_from)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         row = {
@@ -131,6 +133,22 @@ class TrainingRecord(L.Callback):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             **_git(),
         }
+        stage = {
+            k: rec[k]
+            for k in (
+                "command",
+                "init_from",
+                "steps",
+                "total_seconds",
+                "cpu_seconds",
+                "sha256",
+                "git_commit",
+                "date",
+            )
+            if k in rec
+        }
+        stage["multimask"] = module.get("multimask", "min")
+        rec["chain"] = [*getattr(self, "previous", []), stage]
         self.record = rec
         texts = {
             "embedded_sam.json": json.dumps(rec, indent=2) + "\n",
@@ -152,6 +170,29 @@ class TrainingRecord(L.Callback):
                 blob = (self.run_dir / name).read_bytes()
                 atomic_write(self.export_dir / name, lambda f, blob=blob: f.write(blob), True)
             log.info("Exported the checkpoint and its record to %s", self.export_dir)
+
+
+def previous_chain(init_from: str | None) -> list[dict[str, Any]]:
+    """The training stages behind the weights `init_from`, from the record beside them
+    (`embedded_sam.json`); [] for a random start or weights without a record."""
+    if not init_from:
+        return []
+    beside = Path(init_from).with_suffix(".json")
+    if not beside.is_file():
+        log.warning("No training record beside %s: the record's chain starts here", init_from)
+        return []
+    prev = json.loads(beside.read_text())
+    if prev.get("sha256") and prev["sha256"] != _sha256(Path(init_from)):
+        log.warning(
+            "%s does not describe %s (sha256 differs): chain not carried", beside, init_from
+        )
+        return []
+    if "chain" in prev:
+        return list(prev["chain"])
+    keys = ("command", "init_from", "steps", "total_seconds", "cpu_seconds", "sha256")
+    first = {k: prev[k] for k in (*keys, "git_commit", "date") if k in prev}
+    first["multimask"] = prev.get("module", {}).get("multimask", "min")
+    return [first]
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -202,6 +243,28 @@ def record_markdown(rec: dict[str, Any]) -> str:
     arch = "\n".join(f"| `{k}` | `{v}` |" for k, v in rec["architecture"].items())
     data = ", ".join(f"{k}={v}" for k, v in rec["data"].items())
     module = ", ".join(f"{k}={v}" for k, v in rec["module"].items())
+    chain = rec.get("chain") or []
+    stages = "\n".join(
+        f"| {i + 1} | `{c.get('command', '?')}` | {c.get('multimask', 'min')} | {c.get('steps', '?')} "
+        f"| {c.get('total_seconds', float('nan')) / 60:.1f} | "
+        f"{c.get('cpu_seconds', float('nan')) / 60:.1f} | `{str(c.get('sha256', ''))[:12]}` |"
+        for i, c in enumerate(chain)
+    )
+    wall = sum(c.get("total_seconds", 0.0) for c in chain) / 60
+    cpu = sum(c.get("cpu_seconds", 0.0) for c in chain) / 60
+    chain_md = (
+        f"""
+## Training chain ({len(chain)} stage(s), {wall:.1f} min wall, {cpu:.1f} min CPU in all)
+
+Each stage starts from the weights the previous one wrote (`train.init_from`).
+
+| stage | command | multimask | steps | wall (min) | CPU (min) | sha256 |
+|---|---|---|---:|---:|---:|---|
+{stages}
+"""
+        if len(chain) > 1
+        else ""
+    )
     return f"""# embedded_sam.pth — training record
 
 The embedded default SAM of `conf/backbone/embedded.yaml`: `segment_anything`'s modules,
@@ -228,7 +291,7 @@ synthetic world's **train** identities (the held-out identities evaluated by
 Data: {data}.
 
 Module (losses, prompts, optimiser): {module}.
-
+{chain_md}
 ## Architecture (`build_architecture` fields)
 
 | field | value |

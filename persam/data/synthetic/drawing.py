@@ -21,6 +21,7 @@ __all__ = [
     "cached_sprite",
     "colour_jitter",
     "full_mask",
+    "part_sprites",
     "render_sprite",
     "smooth_noise",
     "texture",
@@ -105,7 +106,7 @@ def render_sprite(identity: Identity, side: int = SPRITE) -> np.ndarray:
     rng = np.random.default_rng([identity.seed, 7])
     rgb = texture(identity.texture, u, v, identity.palette, identity.texture_params, rng)
     if identity.outline:
-        width = max(2, int(0.06 * unit))
+        width = _outline_width(unit)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
         solid = (mask >= 128).astype(np.uint8)
         band = (cv2.dilate(solid, kernel) > 0) & (cv2.erode(solid, kernel) == 0)
@@ -124,6 +125,47 @@ def cached_sprite(identity: Identity) -> np.ndarray:
     sprite = render_sprite(identity)
     sprite.setflags(write=False)
     return sprite
+
+
+def _outline_width(unit: float) -> int:
+    return max(2, int(0.06 * unit))
+
+
+@functools.lru_cache(maxsize=64)
+def part_sprites(identity: Identity, side: int = SPRITE) -> tuple[np.ndarray, ...]:
+    """The visible parts of an identity, each an alpha mask (uint8, side x side) in the frame of
+    :func:`render_sprite`: a composite's shapes (each minus the shapes drawn over it), or an
+    outlined object's interior (the object minus its outline band). Empty for objects without
+    parts. These are the "part" scale of SAM's nested part / object / group masks."""
+    s = side
+    unit = UNIT_FRACTION * side
+
+    def fill(poly) -> np.ndarray:
+        out = np.zeros((s, s), np.uint8)
+        pts = np.round((np.asarray(poly) * unit + s / 2) * 16).astype(np.int32)
+        cv2.fillPoly(out, [pts], 255, lineType=cv2.LINE_AA, shift=4)
+        return out
+
+    if identity.family == "composite" and len(identity.shape) > 1:
+        solids = [fill(poly) for f, poly in identity.shape if f]
+        parts = []
+        for i, alpha in enumerate(solids):
+            above = np.max(solids[i + 1 :], axis=0) if i + 1 < len(solids) else None
+            part = alpha if above is None else np.minimum(alpha, 255 - above)
+            if (part >= 128).sum() >= 0.05 * (np.max(solids, axis=0) >= 128).sum():
+                parts.append(part)
+        out = tuple(parts) if len(parts) > 1 else ()
+    elif identity.outline:
+        mask = render_sprite(identity, side)[..., 3]
+        width = _outline_width(unit)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+        interior = cv2.erode((mask >= 128).astype(np.uint8), kernel) * 255
+        out = (interior,) if interior.any() else ()
+    else:
+        out = ()
+    for part in out:
+        part.setflags(write=False)
+    return out
 
 
 def warp(
@@ -182,10 +224,11 @@ def blend(
 
 
 def full_mask(placed: tuple[tuple[int, int], np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    """Bool H x W mask (alpha >= 0.5) of a warped patch."""
+    """Bool H x W mask (alpha >= 0.5) of a warped patch (RGBA, or a lone alpha channel)."""
     (y0, x0), patch = placed
+    alpha = patch[..., 3] if patch.ndim == 3 else patch
     mask = np.zeros(hw, bool)
-    mask[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch[..., 3] >= 127.5
+    mask[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = alpha >= 127.5
     return mask
 
 

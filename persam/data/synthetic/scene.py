@@ -21,6 +21,7 @@ from persam.data.synthetic.drawing import (
     cached_sprite,
     colour_jitter,
     full_mask,
+    part_sprites,
     render_sprite,
     smooth_noise,
     texture,
@@ -45,12 +46,16 @@ class Scene:
             drawn, 0 elsewhere; ``None`` unless asked for (``distractor_labels``).
         instances: uint8 (H, W), ``k`` (1-based) on the visible pixels of the k-th copy of the
             target (``mask`` is ``instances > 0``).
+        parts: uint8 (H, W), ``k`` (1-based) on the visible pixels of the target's k-th part
+            (:func:`~persam.data.synthetic.drawing.part_sprites`); ``None`` unless asked for
+            (``part_labels``).
     """
 
     image: np.ndarray
     mask: np.ndarray
     labels: np.ndarray | None = None
     instances: np.ndarray | None = None
+    parts: np.ndarray | None = None
 
 
 def _sample_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -148,6 +153,7 @@ def render_scene(
     max_occlusion: float = 0.15,
     distractor_labels: bool = False,
     copies: int = 1,
+    part_labels: bool = False,
 ) -> Scene:
     """Render one scene of ``identity`` in memory.
 
@@ -168,6 +174,8 @@ def render_scene(
             first and colour jitter, drawn over the first and covering at most 20% of the
             copies before it; a copy that finds no such place in 10 tries is left out). With 1
             the scene is exactly the single-target one.
+        part_labels: also fill ``Scene.parts`` with the visible parts of the (first) target.
+            Draws nothing differently.
 
     Returns:
         The :class:`Scene` (``labels`` is ``None`` without ``distractor_labels``).
@@ -204,6 +212,13 @@ def render_scene(
     assert placed is not None  # the target lies inside the image
     blend(img, placed, *colour_jitter(rng))
     full = full_mask(placed, (h, w))
+    parts = None
+    if part_labels:
+        parts = np.zeros((h, w), np.uint8)
+        for k, alpha in enumerate(part_sprites(identity)):
+            part = warp(alpha, centre, diameter, angle, (h, w))
+            if part is not None:
+                parts[full_mask(part, (h, w)) & full] = k + 1
     instances = full.astype(np.uint8)
     for _copy in range(copies - 1):
         for _attempt in range(10):
@@ -254,4 +269,6 @@ def render_scene(
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     if labels is not None:
         labels[full] = 0
-    return Scene(image=image, mask=visible, labels=labels, instances=instances)
+    if parts is not None:
+        parts[~visible] = 0
+    return Scene(image=image, mask=visible, labels=labels, instances=instances, parts=parts)
