@@ -379,8 +379,9 @@ class PerSAMF(PerSAM):
 
     Args (besides PerSAM's; the defaults are the paper's):
       trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
-        fit completes with its steps and logger; None: a CPU Trainer.
-      scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, ...), and
+        fit completes with its steps and logger, when `scale_weights.loop=trainer`; None: a
+        CPU Trainer. The default `loop=plain` steps the same module without it.
+      scale_weights: options of `persam.scale_weights.fit_scale_weights` (steps, lr, loop, ...), and
         `load`: a `scale_weights.json` (or the run folder holding it) whose weights are used
         instead of fitting (the same masks as the run that fitted them).
     """

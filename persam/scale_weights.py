@@ -4,9 +4,16 @@ The official loop (``persam_f.py``) reruns SAM's decoder every step and back-pro
 autograd dice + sigmoid-focal loss through the weighted sum of the three full-resolution logits,
 1000 AdamW steps (lr 1e-3, eps 1e-4, cosine annealing). The decoder's outputs do not depend on
 the weights, so here it runs once, and the fit is a small ``LightningModule`` (the parameter
-``weights`` (2, 1) = ``(w1, w2)``, mixing weights ``[1 - w1 - w2, w1, w2]``) trained by a real
-``lightning.Trainer``. The loss comes from one of three backends, all with the same value and
-gradient:
+``weights`` (2, 1) = ``(w1, w2)``, mixing weights ``[1 - w1 - w2, w1, w2]``). Two loops drive
+it to the same weights, bit for bit (``loop``):
+
+* ``plain`` (default): the module's own ``configure_optimizers`` stepped in a plain PyTorch loop
+  (:func:`fit_plain`), the gradient taken straight from the backend; the loss curve goes to
+  the logger as the Trainer logs it. A step costs the backend plus AdamW (~0.1 ms).
+* ``trainer``: a real ``lightning.Trainer`` (the ``trainer`` config group: its accelerator,
+  callbacks, precision, profiler), ~1 ms of hooks and logging a step.
+
+The loss comes from one of three backends, all with the same value and gradient:
 
 * ``taylor`` (default, :mod:`persam.scale_weights_taylor`): a polynomial model of the pixel sums
   around the current weights, rebuilt when the weights leave its trust radius; truncation error
@@ -27,6 +34,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -52,11 +60,13 @@ from persam.scale_weights_taylor import TaylorBackend
 log = logging.getLogger(__name__)
 
 Backend = Literal["taylor", "fused", "reference"]
+Loop = Literal["plain", "trainer"]
 
 __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "ScaleWeightsModule",
+    "fit_plain",
     "fit_scale_weights",
     "make_loss",
     "mix_masks",
@@ -226,15 +236,34 @@ class ScaleWeightsModule(L.LightningModule):
         """The loss at the current weights (differentiable w.r.t. ``weights``)."""
         return self.loss_fn(self.weights)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self()
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """The loss (0-d) at the current weights and its gradient (2, 1), no graph kept.
+
+        What ``loss.backward()`` would leave in ``weights.grad``, exactly: a backend that
+        computes both is asked directly (the autograd bridge only multiplies its gradient by
+        1); ``reference`` goes through autograd."""
+        impl = getattr(self.loss_fn, "backend", None)
+        w = self.weights.detach()
+        if impl is not None:
+            return impl(w)
+        w.requires_grad_(True)
+        loss = self.loss_fn(w)
+        (grad,) = torch.autograd.grad(loss, w)
+        return loss.detach(), grad
+
+    def record(self, loss: Tensor, step: int) -> None:
+        """Keep step ``step``'s loss; raise NonFiniteLossError if it is NaN or infinite."""
         self.step_losses.append(loss.detach())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"PerSAM-F scale-weight loss is {loss.item()} at step {batch_idx} (mask weights "
+                f"PerSAM-F scale-weight loss is {loss.item()} at step {step} (mask weights "
                 f"{self.mask_weights}). The logits are finite, so the weights diverged: lower the "
                 "learning rate or check the logits' scale."
             )
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self()
+        self.record(loss, batch_idx)
         self.log(self.log_name, loss, on_step=True, on_epoch=False)
         return loss
 
@@ -259,7 +288,7 @@ class FitResult:
 
     ``weights`` (3,) float32 ``[1 - w1 - w2, w1, w2]``; ``losses`` (steps,) the loss of every
     step (evaluated before that step's update, as the official loop logs it); ``final_loss`` the
-    loss at the returned weights; ``fit_seconds`` the wall time of the fit itself (``trainer.fit``
+    loss at the returned weights; ``fit_seconds`` the wall time of the fit itself (the loop
     and the first expansion), ``compile_seconds`` that of compiling the fused kernel beforehand
     (0 when nothing was compiled, e.g. the Taylor backend or a process that compiled already);
     ``seconds`` the whole call; ``backend`` the implementation actually used (``taylor``,
@@ -313,6 +342,61 @@ def _quiet_lightning(enabled: bool) -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _runtime_cuda_check() -> Iterator[None]:
+    """Let torch answer "is CUDA available?" from its cached runtime check, where that is safe.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that a CUDA check does not
+    initialise the driver and poison later forks), and every ``optimizer.step()`` asks that
+    question (its graph-capture health check). Where NVML is absent, as on a machine without a
+    GPU, the NVML route fails and falls back to the runtime's own check, ~30 us a call against
+    ~0.5 us: more than the rest of an AdamW step on two weights. With no CUDA device there is no
+    fork to protect, so the variable is lifted for the loop and restored after; with a device,
+    it stays.
+    """
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    value = os.environ.get(name)
+    if value is None or torch.cuda.is_available():
+        yield
+        return
+    del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ[name] = value
+
+
+def fit_plain(
+    module: ScaleWeightsModule, steps: int, logger=None, log_every_n_steps: int = 50
+) -> None:
+    """Train ``module`` for ``steps`` steps as the Trainer's automatic optimisation does, minus
+    the Trainer: the same ``configure_optimizers`` (AdamW, the scheduler stepped every step), the
+    same order (loss at the current weights, recorded and checked; gradient; optimiser step;
+    scheduler step), so the weights and losses are the Trainer's bit for bit
+    (``tests/test_scale_weights.py``). The gradient comes from :meth:`ScaleWeightsModule.
+    loss_and_grad` (no autograd graph). ``logger`` gets what the Trainer would log: the loss
+    as ``module.log_name`` with ``epoch`` 0 at every ``log_every_n_steps``-th step (step index
+    counted from 0), ``save()`` after each, ``finalize("success")`` at the end. The module stays
+    on its device."""
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    scheduler = config["lr_scheduler"]["scheduler"]
+    weights = module.weights
+    with _runtime_cuda_check():
+        for step in range(steps):
+            loss, grad = module.loss_and_grad()
+            module.record(loss, step)
+            weights.grad = grad
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            if logger is not None and log_every_n_steps and (step + 1) % log_every_n_steps == 0:
+                logger.log_metrics({module.log_name: loss.item(), "epoch": 0}, step=step)
+                logger.save()
+    if logger is not None:
+        logger.finalize("success")
+
+
 def fit_scale_weights(
     logits,
     gt,
@@ -325,6 +409,7 @@ def fit_scale_weights(
     gamma: float = 2.0,
     backend: Backend = "taylor",
     fused: FusedMode = "compile",
+    loop: Loop = "plain",
     trainer: Callable[..., L.Trainer] | None = None,
     logger=None,
     log_every_n_steps: int = 50,
@@ -334,23 +419,29 @@ def fit_scale_weights(
     accelerator: str = "cpu",
     log_name: str = "loss",
 ) -> FitResult:
-    """Fit the PerSAM-F scale weights with a ``lightning.Trainer`` (official schedule).
+    """Fit the PerSAM-F scale weights (official schedule).
 
     ``logits`` (3, H, W) float and ``gt`` (H, W) bool (tensors or numpy). AdamW(lr, eps,
     weight_decay) + CosineAnnealingLR(T_max=steps) stepped every step, ``steps`` steps, loss =
     dice + sigmoid focal(alpha, gamma) of the mixed logits, computed by ``backend``
     (``taylor``, ``fused`` or ``reference``; ``fused`` = ``compile`` or ``eager`` says how the
-    direct pass runs). ``trainer``: a Trainer factory (e.g. ``functools.partial(lightning.Trainer,
-    accelerator=...)`` from the ``trainer`` config group, ``_partial_``); the fit completes it
-    with ``max_steps`` and its logger and turns off checkpointing and validation; None:
-    ``lightning.Trainer`` on ``accelerator``. ``logger``: a Lightning logger or None. ``num_threads``: ``torch.set_num_threads`` for the fit (None: unchanged).
-    Raises ValueError for bad inputs (e.g. an empty ``gt``), NonFiniteLossError if the loss
-    becomes NaN/inf.
+    direct pass runs).
+
+    ``loop``: ``plain`` (:func:`fit_plain`, on the device of ``logits``; ``trainer`` and
+    ``accelerator`` unused) or ``trainer``: a ``lightning.Trainer`` from ``trainer``, a factory
+    (e.g. ``functools.partial(lightning.Trainer, accelerator=...)`` from the ``trainer`` config
+    group, ``_partial_``) that the fit completes with ``max_steps`` and its logger, turning off
+    checkpointing and validation (None: ``lightning.Trainer`` on ``accelerator``). Both give
+    the same weights and losses and log the same curve. ``logger``: a Lightning logger or None.
+    ``num_threads``: ``torch.set_num_threads`` for the fit (None: unchanged). Raises ValueError
+    for bad inputs (e.g. an empty ``gt``), NonFiniteLossError if the loss becomes NaN/inf.
     """
     t0 = time.perf_counter()
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     steps = int(steps)
+    if loop not in ("plain", "trainer"):
+        raise ValueError(f"loop must be 'plain' or 'trainer'; got {loop!r}")
     loss_fn = make_loss(logits, gt, backend, alpha, gamma, fused)
     module = ScaleWeightsModule(
         loss_fn,
@@ -374,21 +465,28 @@ def fit_scale_weights(
     )
     if trainer is None:
         trainer = functools.partial(L.Trainer, accelerator=accelerator, devices=1)
-    loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None)
     threads_before = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        with _quiet_lightning(quiet):
-            fit_trainer = trainer(**fit_kwargs)
+        if loop == "plain":
             t_start = time.perf_counter()
-            # Prepare (and compile, if needed) on the device the Trainer will fit on.
-            device = fit_trainer.strategy.root_device
-            compile_seconds = loss_fn.warm_up(module.weights.detach().to(device))
-            fit_trainer.fit(module, train_dataloaders=loader)
-            # A Taylor fit that switched to the direct pass compiled it mid-way.
-            compile_seconds += getattr(loss_fn.backend, "late_compile_seconds", 0.0)
-            fit_seconds = time.perf_counter() - t_start - compile_seconds
+            if isinstance(logits, Tensor):
+                module.to(logits.device)
+            compile_seconds = loss_fn.warm_up(module.weights.detach())
+            fit_plain(module, steps, logger, log_every_n_steps)
+        else:
+            loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None)
+            with _quiet_lightning(quiet):
+                fit_trainer = trainer(**fit_kwargs)
+                t_start = time.perf_counter()
+                # Prepare (and compile, if needed) on the device the Trainer will fit on.
+                device = fit_trainer.strategy.root_device
+                compile_seconds = loss_fn.warm_up(module.weights.detach().to(device))
+                fit_trainer.fit(module, train_dataloaders=loader)
+        # A Taylor fit that switched to the direct pass compiled it mid-way.
+        compile_seconds += getattr(loss_fn.backend, "late_compile_seconds", 0.0)
+        fit_seconds = time.perf_counter() - t_start - compile_seconds
         with torch.no_grad():
             final_loss = float(module())
     finally:
@@ -396,7 +494,7 @@ def fit_scale_weights(
             torch.set_num_threads(threads_before)
     losses = module.losses
     if len(losses) != steps:
-        raise RuntimeError(f"the Trainer ran {len(losses)} steps instead of {steps}")
+        raise RuntimeError(f"the {loop} loop ran {len(losses)} steps instead of {steps}")
     impl = loss_fn.backend
     if backend == "reference":
         used = "reference"

@@ -9,8 +9,8 @@ type fails when the config is composed, with the field named:
     Value 'flase' is not a valid bool (type str)
         full_key: method.negative_point
 
-Choices are `str` enums (`method.target_pooling`, `method.scale_weights.backend` / `fused`,
-`data.exif`).
+Choices are `str` enums (`method.target_pooling`, `method.scale_weights.backend` / `fused` /
+`loop`, `data.exif`).
 OmegaConf also reads `yes`/`no`/`on`/`off`/`1`/`0` as booleans; `check_overrides` refuses those
 spellings on the command line too, so a boolean switch accepts only `true` or `false`.
 A new field of a method or dataset must be added to its schema here (the schemas are strict:
@@ -51,6 +51,13 @@ class Backend(Choice):
     taylor = "taylor"
     fused = "fused"
     reference = "reference"
+
+
+class FitLoop(Choice):
+    """What steps the PerSAM-F fit: a plain PyTorch loop, or the `trainer` group's Trainer."""
+
+    plain = "plain"
+    trainer = "trainer"
 
 
 class ShotPooling(Choice):
@@ -110,6 +117,7 @@ class ScaleWeightsSchema:
     gamma: float = 2.0
     backend: Backend = Backend.taylor
     fused: Fused = Fused.compile
+    loop: FitLoop = FitLoop.plain
     load: Optional[str] = None  # noqa: UP045 - a scale_weights.json (or its run folder)
 
 

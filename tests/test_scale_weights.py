@@ -162,11 +162,12 @@ def test_bad_inputs_raise_value_error():
         fit_scale_weights(torch.randn(3, 8, 8), torch.ones(8, 8, dtype=torch.bool), fused="jit")
 
 
-def test_non_finite_loss_raises():
+@pytest.mark.parametrize("loop", ["plain", "trainer"])
+def test_non_finite_loss_raises(loop):
     logits, gt, _ = _random_problem(3, 32, 32, 0.5, 3.0, dtype=torch.float32)
     # lr 1e36 drives the weights to ~1e36 in a step: the float32 block sums overflow.
-    with pytest.raises(NonFiniteLossError, match="step"):
-        fit_scale_weights(logits, gt, steps=20, lr=1e36, backend="fused", fused="eager")
+    with pytest.raises(NonFiniteLossError, match="step 1 "):
+        fit_scale_weights(logits, gt, steps=20, lr=1e36, backend="fused", fused="eager", loop=loop)
 
 
 # ------------------------------------------------------------------ Lightning
@@ -214,7 +215,7 @@ def test_fit_accepts_a_trainer_factory(tmp_path):
 
     logits, gt, _ = _random_problem(22, 20, 20, 0.4, 2.0, dtype=torch.float32)
     factory = functools.partial(L.Trainer, accelerator="cpu", devices=1, max_steps=5)
-    res = fit_scale_weights(logits, gt, steps=12, trainer=factory)
+    res = fit_scale_weights(logits, gt, steps=12, loop="trainer", trainer=factory)
     assert res.losses.shape == (12,)  # the fit's own max_steps wins over the factory's
     ref_w, _, _ = _official_loop(logits, gt, 12)
     assert np.abs(res.weights - ref_w).max() < 1e-6
@@ -226,14 +227,76 @@ def test_module_defaults_and_csv_logger(tmp_path):
     logits, gt, _ = _random_problem(8, 24, 24, 0.5, 2.0, dtype=torch.float32)
     module = ScaleWeightsModule(make_loss(logits, gt))
     np.testing.assert_allclose(module.mask_weights, [1 / 3, 1 / 3, 1 / 3], atol=1e-7)
-    logger = CSVLogger(tmp_path, name="sw")
-    res = fit_scale_weights(logits, gt, steps=20, logger=logger, log_every_n_steps=5)
-    rows = (Path(logger.log_dir) / "metrics.csv").read_text().strip().splitlines()
-    header, body = rows[0].split(","), [r.split(",") for r in rows[1:]]
-    logged = {int(r[header.index("step")]): float(r[header.index("loss")]) for r in body}
-    assert sorted(logged) == [4, 9, 14, 19]
-    for step, value in logged.items():
-        assert abs(value - float(res.losses[step])) < 1e-6
+    written = {}
+    for loop in ("trainer", "plain"):
+        logger = CSVLogger(tmp_path, name=loop)
+        res = fit_scale_weights(logits, gt, steps=20, logger=logger, log_every_n_steps=5, loop=loop)
+        written[loop] = (Path(logger.log_dir) / "metrics.csv").read_text()
+        rows = written[loop].strip().splitlines()
+        header, body = rows[0].split(","), [r.split(",") for r in rows[1:]]
+        logged = {int(r[header.index("step")]): float(r[header.index("loss")]) for r in body}
+        assert sorted(logged) == [4, 9, 14, 19]
+        for step, value in logged.items():
+            assert abs(value - float(res.losses[step])) < 1e-6
+    # The plain loop logs what the Trainer logs: the same file, byte for byte.
+    assert written["plain"] == written["trainer"]
+
+
+@pytest.fixture(scope="module")
+def embedded_logits():
+    """SAM's (3, H, W) multimask logits on a synthetic video frame (the embedded model, a point
+    at the object's centre) and that object's mask: a real PerSAM-F fitting problem."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from segment_anything import SamPredictor
+
+    from persam.conf import CONFIG_DIR
+    from persam.data.synthetic_video import render_sequence
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["backbone=embedded", "backbone.device=cpu"])
+    predictor = SamPredictor(instantiate(cfg.backbone))
+    _, frames, labels = render_sequence(0, seed=0, num_frames=1)
+    predictor.set_image(frames[0])
+    out = {}
+    for obj in (1, 2):
+        gt = labels[0] == obj
+        ys, xs = np.nonzero(gt)
+        with torch.no_grad():
+            logits, _, _ = predictor.predict(
+                point_coords=np.array([[xs.mean(), ys.mean()]]),
+                point_labels=np.array([1]),
+                multimask_output=True,
+                return_logits=True,
+            )
+        out[obj] = torch.from_numpy(logits), torch.from_numpy(gt)
+    return out
+
+
+# Object 2's Taylor fit (shipped embedded model) steps on the expansion, re-expands as the
+# weights walk and switches to the direct pass after MAX_EXPANSIONS: every path of a fit.
+@pytest.mark.parametrize(
+    ("backend", "obj", "steps"), [("taylor", 2, 400), ("fused", 1, 60), ("reference", 1, 30)]
+)
+def test_plain_loop_gives_the_trainers_weights_bit_for_bit(embedded_logits, backend, obj, steps):
+    logits, gt = embedded_logits[obj]
+    fused = "eager"
+    kw = dict(steps=steps, lr=4e-4, backend=backend, fused=fused)
+    lightning_fit = fit_scale_weights(logits, gt, loop="trainer", **kw)
+    plain_fit = fit_scale_weights(logits, gt, loop="plain", **kw)
+    assert plain_fit.backend == lightning_fit.backend
+    assert plain_fit.expansions == lightning_fit.expansions
+    np.testing.assert_array_equal(plain_fit.weights, lightning_fit.weights)
+    np.testing.assert_array_equal(plain_fit.losses, lightning_fit.losses)
+    assert plain_fit.final_loss == lightning_fit.final_loss
+    # ... and the weights moved: the comparison is not between two untouched initial values.
+    assert np.abs(plain_fit.weights - 1 / 3).max() > 1e-3
+
+
+def test_unknown_loop_is_refused():
+    logits, gt, _ = _random_problem(5, 8, 8, 0.5, 2.0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="loop must be 'plain' or 'trainer'"):
+        fit_scale_weights(logits, gt, steps=2, loop="fabric")
 
 
 # ------------------------------------------------------------------ golden (official outputs)
@@ -296,6 +359,16 @@ def test_fit_matches_golden(golden_logits, obj):
     assert res.losses.shape == ref["losses"].shape
     assert np.abs(res.weights - ref["weights"]).max() < GOLDEN_WEIGHT_TOL
     assert np.abs(res.losses - ref["losses"]).max() < GOLDEN_LOSS_TOL
+
+
+@pytest.mark.golden
+@pytest.mark.slow
+def test_plain_and_trainer_loops_agree_on_a_golden_taylor_fit(golden_logits):
+    logits, gt, _ = golden_logits["cat"]
+    fits = [fit_scale_weights(logits, gt, loop=loop) for loop in ("plain", "trainer")]
+    assert [f.backend for f in fits] == ["taylor", "taylor"]  # steps on the expansion alone
+    np.testing.assert_array_equal(fits[0].weights, fits[1].weights)
+    np.testing.assert_array_equal(fits[0].losses, fits[1].losses)
 
 
 # ------------------------------------------------------------------ compile cache

@@ -51,6 +51,14 @@ def test_scale_weights_are_typed_and_reach_the_method_as_plain_values():
     )
     assert isinstance(method, PerSAMF)
     assert method.scale_weights["fused"] == "eager" and type(method.scale_weights["fused"]) is str
+    assert method.scale_weights["loop"] == "plain"  # the default
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["method=persam_f", "method.scale_weights.loop=lightning"])
+    cause = str(err.value.__cause__)
+    assert "full_key: method.scale_weights.loop" in cause and "[plain, trainer]" in cause, cause
+    cfg = _compose(["method=persam_f", "method.scale_weights.loop=trainer"])
+    method = instantiate(cfg.method, sam=method.sam, trainer=instantiate(cfg.trainer))
+    assert method.scale_weights["loop"] == "trainer" and type(method.scale_weights["loop"]) is str
     assert method.target_pooling == "max_mean" and type(method.target_pooling) is str
 
 
