@@ -55,7 +55,7 @@ from persam.scale_weights_fused import (
     validate_inputs,
     warm_up,
 )
-from persam.scale_weights_taylor import TaylorBackend
+from persam.scale_weights_taylor import MIN_STEPS, TaylorBackend
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,10 @@ def make_loss(
     elif backend == "taylor":
         # The direct pass is built only if the expansion is not worth it (huge logit spreads).
         direct = functools.partial(_FusedBackend, logits, gt, alpha, gamma, fused)
-        impl = TaylorBackend(logits, gt, alpha, gamma, fallback_factory=direct)
+        mode = "compile" if fused == "compile" and compile_available() else "eager"
+        impl = TaylorBackend(
+            logits, gt, alpha, gamma, fallback_factory=direct, min_steps=MIN_STEPS[mode]
+        )
         warm = impl.warm_up
     else:
         raise ValueError(f"backend must be 'taylor', 'fused' or 'reference'; got {backend!r}")
@@ -293,7 +296,8 @@ class FitResult:
     (0 when nothing was compiled, e.g. the Taylor backend or a process that compiled already);
     ``seconds`` the whole call; ``backend`` the implementation actually used (``taylor``,
     ``compile``, ``eager`` or ``reference``; ``taylor+compile`` / ``taylor+eager`` when a Taylor
-    fit switched to the direct pass after ``MAX_EXPANSIONS`` expansions, its compile time then
+    fit switched to the direct pass mid-way (its weights walked out of the trust boxes too fast
+    or too far, see :mod:`persam.scale_weights_taylor`), its compile time then
     counted in ``compile_seconds``); ``expansions`` the Taylor backend's passes over the pixels.
     """
 
@@ -502,8 +506,8 @@ def fit_scale_weights(
         used = "taylor"
     else:
         used = "eager" if fused == "eager" or not compile_available() else "compile"
-        if backend == "taylor" and impl.expansions > 1:
-            used = f"taylor+{used}"  # switched to the direct pass after `max_expansions`
+        if backend == "taylor" and impl.switched:
+            used = f"taylor+{used}"  # switched to the direct pass mid-way
     return FitResult(
         weights=np.asarray(module.mask_weights, dtype=np.float32),
         losses=losses,

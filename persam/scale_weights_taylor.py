@@ -37,7 +37,10 @@ skipped but cost nothing per step either: they sit in the moments like every oth
 
 When the logits' spread ``Dmax`` is so large that the radius would be below ``MIN_RADIUS``
 (about two Adam steps), the expansion is not worth it and every step uses the direct fused pass
-instead (``fallback_factory`` builds it).
+instead (``fallback_factory`` builds it). Nor is it when the weights walk out of the trust box
+quickly: an expansion costs as much as several hundred compiled direct steps, so when the
+weights leave the box of an expansion that served fewer steps than that (``min_steps``), or
+after ``MAX_EXPANSIONS`` expansions, the rest of the fit uses the direct pass.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ MIN_RADIUS = 2e-3
 #: golden PerSeg objects one expansion serves all 1000 steps; on the embedded SAM's synthetic
 #: objects the walk needed 120-190 (36 s against 4 s for the direct pass).
 MAX_EXPANSIONS = 4
+#: Steps an expansion must serve for the next one to pay, by how the direct pass runs: an
+#: expansion costs ~26 ms on an 82k-pixel frame, a Taylor step ~30 us, a direct step ~75 us
+#: compiled and ~650 us eager (1 thread), so it pays after ~570 / ~42 steps. A walk that leaves
+#: a trust box sooner is finished on the direct pass.
+MIN_STEPS = {"compile": 500, "eager": 40}
 #: Pixels per chunk of the expansion pass (its float64 temporaries stay in cache, and each op
 #: stays below torch's intra-op parallel grain, 32768).
 CHUNK = 16384
@@ -183,6 +191,7 @@ class TaylorBackend:
         tol: float = TOL,
         fallback_factory: Callable[[], Callable] | None = None,
         max_expansions: int | None = None,
+        min_steps: int = 0,
     ) -> None:
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0 for the Taylor backend; got {gamma}")
@@ -197,8 +206,12 @@ class TaylorBackend:
         self.fallback_factory = fallback_factory
         self.fallback: Callable | None = None
         self.max_expansions = MAX_EXPANSIONS if max_expansions is None else int(max_expansions)
+        # An expansion that served fewer steps than this is the last (0: only the cap counts).
+        self.min_steps = int(min_steps)
+        self.served = 0  # steps evaluated on the current expansion
         # Seconds spent compiling the direct pass when the fit switched to it mid-way.
         self.late_compile_seconds = 0.0
+        self.switched = False  # True once the fit moved to the direct pass after Taylor steps
         self.mono = _monomials(self.order)
         a = np.array([m[0] for m in self.mono])
         b = np.array([m[1] for m in self.mono])
@@ -325,6 +338,7 @@ class TaylorBackend:
         self.bound_constants = ((cs_fg, cd_fg), (cs_bg, cd_bg))
         self.radius = self._choose_radius(self.bound_constants)
         self.expansions += 1
+        self.served = 0
         self.expand_seconds += time.perf_counter() - t0
 
     # ---------------------------------------------------------------- per step
@@ -369,20 +383,22 @@ class TaylorBackend:
         wd = w.detach().double().cpu().reshape(-1).numpy()
         if (
             self.fallback_factory is not None
-            and self.expansions >= self.max_expansions
             and np.abs(wd - self.center).max() > self.radius
+            and (self.expansions >= self.max_expansions or self.served < self.min_steps)
         ):
             log.info(
-                "Taylor model expanded %d times (trust radius %.2g): using the direct fused "
-                "pass for the rest of this fit",
+                "Taylor model expanded %d times (trust radius %.2g, the last served %d steps): "
+                "using the direct fused pass for the rest of this fit",
                 self.expansions,
                 self.radius,
+                self.served,
             )
             self.fallback = self.fallback_factory()
             self.late_compile_seconds = self.fallback.warm_up(w)
-            self.direct = True
+            self.direct = self.switched = True
             return self.fallback(w)
         val, grad = self.sums(wd)
+        self.served += 1
         loss, g = combine(
             val[0], val[1], grad[0], grad[1], val[2], val[3], grad[2], grad[3],
             self.n_pos, self.n_neg, self.alpha,

@@ -273,8 +273,8 @@ def embedded_logits():
     return out
 
 
-# Object 2's Taylor fit (shipped embedded model) steps on the expansion, re-expands as the
-# weights walk and switches to the direct pass after MAX_EXPANSIONS: every path of a fit.
+# Object 2's Taylor fit (shipped embedded model) takes steps on the expansion, then its weights
+# leave the trust box and it finishes on the direct pass: both kinds of step in one fit.
 @pytest.mark.parametrize(
     ("backend", "obj", "steps"), [("taylor", 2, 400), ("fused", 1, 60), ("reference", 1, 30)]
 )

@@ -10,7 +10,7 @@ import torch
 
 from persam.scale_weights import fit_scale_weights, make_loss, reference_loss
 from persam.scale_weights_fused import combine, fused_loss_and_grad, prepare_fused_inputs
-from persam.scale_weights_taylor import TOL, TaylorBackend, taylor_coefficients
+from persam.scale_weights_taylor import MIN_STEPS, TOL, TaylorBackend, taylor_coefficients
 
 
 def _problem(seed, h, w, frac, scale, dtype=torch.float64):
@@ -120,6 +120,8 @@ def test_taylor_fit_with_several_expansions_matches_the_official_loop(monkeypatc
     import persam.scale_weights_taylor as taylor
 
     monkeypatch.setattr(taylor, "MAX_EXPANSIONS", 10**6)  # the Taylor model all the way
+    for mode in MIN_STEPS:
+        monkeypatch.setitem(MIN_STEPS, mode, 0)  # however few steps an expansion serves
     logits, gt = _problem(5, 40, 40, 0.3, 1.5, dtype=torch.float32)
     steps, lr = 80, 3e-2
     res = fit_scale_weights(logits, gt, steps=steps, lr=lr)
@@ -146,6 +148,7 @@ def test_a_long_walk_switches_to_the_direct_pass_and_keeps_the_official_loss():
     loss_fn = make_loss(logits, gt, backend="taylor", fused="eager")
     backend = loss_fn.backend
     backend.max_expansions = 2
+    backend.min_steps = 0  # the cap alone: each value below is a 1-step stay in a trust box
     for k, value in enumerate((0.2, 0.6, 1.0, 1.4)):  # each far outside the last trust box
         w = torch.full((2, 1), value, dtype=torch.float64, requires_grad=True)
         loss = loss_fn(w)
@@ -157,3 +160,29 @@ def test_a_long_walk_switches_to_the_direct_pass_and_keeps_the_official_loss():
         ref.backward()
         assert abs(loss.item() - ref.item()) < TOL + 1e-12
         torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("served", [3, 5])
+def test_a_trust_box_left_too_soon_ends_the_taylor_steps(served):
+    """Leaving the box of an expansion that served fewer than `min_steps` steps switches to the
+    direct pass (another expansion would not pay); one that served enough re-expands."""
+    logits, gt = _problem(7, 40, 40, 0.3, 1.5)
+    loss_fn = make_loss(logits, gt, backend="taylor", fused="eager")
+    backend = loss_fn.backend
+    assert backend.min_steps == MIN_STEPS["eager"] > 0
+    backend.min_steps = 5
+    near = torch.full((2, 1), 0.2, dtype=torch.float64)
+    for _ in range(served):  # steps inside the first trust box
+        loss_fn(near)
+    assert backend.served == served and backend.expansions == 1 and not backend.direct
+    far = torch.full((2, 1), 0.6, dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(far)
+    loss.backward()
+    switched = served < 5
+    assert backend.direct == backend.switched == switched
+    assert backend.expansions == (1 if switched else 2)
+    ref_w = far.detach().clone().requires_grad_(True)
+    ref = reference_loss(ref_w, logits, gt)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < TOL + 1e-12
+    torch.testing.assert_close(far.grad, ref_w.grad, rtol=1e-9, atol=1e-11)
