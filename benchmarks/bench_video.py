@@ -8,13 +8,18 @@ the first k of a fixed set of masks), same model, one run each, it times
     first fits each object's weights with 800 decoder passes + autograd dice/focal + AdamW;
 (b) `persam.video.segmenter.VideoSegmenter` (tracked mode): frame 0 encoded once (embedding
     cache), the same three passes per object, PerSAM-F's fit by `fit_scale_weights` (one
-    decoder pass, fused loss and gradient).
+    decoder pass, then the method's fit: Taylor backend, plain PyTorch loop; `--loop trainer`
+    times the Lightning Trainer instead).
 
 and prints frames per second (whole sequence, frame 0's learning included), the ratio, and
-PerSAM-F's per-object fit time. `--arch vit_b` times SAM ViT-B's architecture with random
-weights (timing only: the masks are meaningless).
+PerSAM-F's per-object fit time (the whole `fit_scale_weights` call) and its ratio. The fused
+kernel is compiled before the timed runs (once per process; saved in the compile cache). With
+`--rounds N` the two alternate N times and every figure is a median (fps over rounds, fit
+times over rounds x objects): other processes share the machine. `--arch vit_b` times SAM
+ViT-B's architecture with random weights (timing only: the masks are meaningless).
 
     python benchmarks/bench_video.py                       # embedded model, PerSAM and PerSAM-F
+    python benchmarks/bench_video.py --objects 4 --frames 4 --rounds 3
     python benchmarks/bench_video.py --arch vit_b --frames 6 --methods persam
 """
 
@@ -45,7 +50,7 @@ from persam.data.synthetic_video import render_sequence  # noqa: E402
 from persam.encoder import Encoder  # noqa: E402
 from persam.method import PerSAM, PerSAMF  # noqa: E402
 from persam.refine import mask_box  # noqa: E402
-from persam.scale_weights import reference_loss  # noqa: E402
+from persam.scale_weights import fit_scale_weights, reference_loss  # noqa: E402
 from persam.video.policy import VideoPolicy  # noqa: E402
 from persam.video.segmenter import VideoSegmenter, merge_logits  # noqa: E402
 
@@ -57,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--objects", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--methods", nargs="+", default=["persam", "persam_f"])
     p.add_argument("--fit-steps", type=int, default=800)
+    p.add_argument("--rounds", type=int, default=1, help="alternating repeats (medians)")
+    p.add_argument("--loop", choices=["plain", "trainer"], default="plain", help="our fit's loop")
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
@@ -156,9 +163,14 @@ def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict
     return {"seconds": time.perf_counter() - t0, "fit_seconds": fit_seconds}
 
 
-def ours(sam, images, labels, fine_tuned: bool, fit_steps: int, cache_dir: Path) -> dict:
+def ours(
+    sam, images, labels, fine_tuned: bool, fit_steps: int, cache_dir: Path, loop: str = "plain"
+) -> dict:
     encoder = Encoder(sam, EmbeddingCache(cache_dir))
-    method = (PerSAMF if fine_tuned else PerSAM)(sam, encoder)
+    if fine_tuned:
+        method = PerSAMF(sam, encoder, scale_weights={"loop": loop})
+    else:
+        method = PerSAM(sam, encoder)
     segmenter = VideoSegmenter(method, VideoPolicy(mode="tracked", fit_steps=fit_steps))
     t0 = time.perf_counter()
     objects = segmenter.learn(images[0], labels)
@@ -177,24 +189,35 @@ def main(argv=None) -> None:
     print(f"arch={args.arch} frames={args.frames} threads={torch.get_num_threads()}")
     if args.arch != "embedded":
         print("(random weights: timing only)")
+    print(f"fit loop={args.loop} rounds={args.rounds}")
     warm = sequence(3, 1)
     with tempfile.TemporaryDirectory() as tmp:
         ours(sam, *warm, False, 5, Path(tmp))  # load / compile once
         if "persam_f" in args.methods:
-            ours(sam, *warm, True, 5, Path(tmp))
+            ours(sam, *warm, True, 5, Path(tmp), args.loop)
+            # Compile the direct pass too (a 5-step Taylor fit may not reach it): once per
+            # process, not part of a fit's time (FitResult.compile_seconds).
+            logits = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
+            fit_scale_weights(logits, logits[0] > 0, steps=1, backend="fused")
     print(f"{'method':<9}{'objects':>8}{'official fps':>14}{'ours fps':>10}{'ratio':>8}"
           f"{'fit official s':>16}{'fit ours s':>12}{'fit ratio':>10}")  # fmt: skip
     for method in args.methods:
         fine = method == "persam_f"
         for k in args.objects:
             images, labels = sequence(args.frames, k)
-            with tempfile.TemporaryDirectory() as tmp:
-                b = official_loop(sam, images, labels, fine, args.fit_steps)
-                o = ours(sam, images, labels, fine, args.fit_steps, Path(tmp))
-            fps_b, fps_o = len(images) / b["seconds"], len(images) / o["seconds"]
-            line = f"{method:<9}{k:>8}{fps_b:>14.2f}{fps_o:>10.2f}{fps_o / fps_b:>8.2f}"
+            fps_b, fps_o, fit_b, fit_o = [], [], [], []
+            for _ in range(args.rounds):
+                with tempfile.TemporaryDirectory() as tmp:
+                    b = official_loop(sam, images, labels, fine, args.fit_steps)
+                    o = ours(sam, images, labels, fine, args.fit_steps, Path(tmp), args.loop)
+                fps_b.append(len(images) / b["seconds"])
+                fps_o.append(len(images) / o["seconds"])
+                fit_b += b["fit_seconds"]
+                fit_o += o["fit_seconds"]
+            fb, fo = np.median(fps_b), np.median(fps_o)
+            line = f"{method:<9}{k:>8}{fb:>14.2f}{fo:>10.2f}{fo / fb:>8.2f}"
             if fine:
-                fb, fo = np.median(b["fit_seconds"]), np.median(o["fit_seconds"])
+                fb, fo = np.median(fit_b), np.median(fit_o)
                 line += f"{fb:>16.2f}{fo:>12.3f}{fb / fo:>10.1f}"
             print(line, flush=True)
 
