@@ -4,7 +4,7 @@ Prints medians and ratios measured side by side on the same GPU:
 
 1. the PerSAM-F fit on the golden cat (tiny SAM on CUDA): the official loop (decoder rerun every
    step, ``--official-steps`` of 1000, extrapolated) against ``fit_scale_weights`` with a GPU
-   Trainer for each backend (taylor: moments on the CPU; fused: Triton kernel; reference:
+   Trainer (``loop="trainer"``) for each backend (taylor: moments on the CPU; fused: Triton kernel; reference:
    autograd on the GPU); goal: under 0.2 s per object (official ~10 s on a GPU);
 2. the image encoder of a ViT-H SAM (random weights, timing only), fp32 and bf16 (autocast);
 3. PerSAM per image (learn once, segment each image, encoder included) on the tiny SAM and on
@@ -76,7 +76,7 @@ def section_fit(args, out) -> None:
     trainer = functools.partial(L.Trainer, accelerator="gpu", devices=1)
     backends = ["taylor", "fused", "reference"]
     for b in backends:  # compile / first-use outside the rounds
-        r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer=trainer)
+        r = fit_scale_weights(logits.cuda(), gt, backend=b, loop="trainer", trainer=trainer)
         print(f"   {b}: first fit {r.fit_seconds:.3f} s, compile {r.compile_seconds:.2f} s")
     off, ours, last = [], {b: [] for b in backends}, {}
     for _ in range(args.rounds):
@@ -86,7 +86,7 @@ def section_fit(args, out) -> None:
             )[0]
         )
         for b in backends:
-            r = fit_scale_weights(logits.cuda(), gt, backend=b, trainer=trainer)
+            r = fit_scale_weights(logits.cuda(), gt, backend=b, loop="trainer", trainer=trainer)
             ours[b].append(r.fit_seconds)
             last[b] = r
     print(f"official loop on the GPU (1000 steps): median {med(off):.2f} s")

@@ -15,7 +15,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 420 "$PY" benchmarks/bench_gpu.py --json "$OUT/gpu.json" 2>&1 | tee -a "$OUT/gpu.txt"
 # 4: the GPU paths of the product, on the golden objects (weights checked against golden)
 for method in persam_f persam; do
-  timeout 150 "$PY" -m persam.run method=$method trainer=gpu backbone=tiny backbone.device=cuda \
+  loop=$([ $method = persam_f ] && echo method.scale_weights.loop=trainer)  # the fit on the GPU
+  timeout 150 "$PY" -m persam.run method=$method trainer=gpu $loop backbone=tiny backbone.device=cuda \
     backbone.checkpoint="$GOLDEN/tiny_sam.pth" data=perseg data.root="$GOLDEN/perseg-mini" \
     logger=none hydra.run.dir="$OUT/run_$method" 2>&1 | tail -5 | tee -a "$OUT/gpu.txt"
 done
