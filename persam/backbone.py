@@ -414,6 +414,17 @@ def _show(value) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
+def synthetic_world_model(sam: torch.nn.Module, name: str, architecture: Mapping) -> bool:
+    """Whether `sam` holds weights trained on the synthetic world alone (`persam.train`): the
+    record beside its checkpoint is a training record, or it is `backbone=embedded` built with
+    the configured `architecture` (a copy without a record, as the golden video model)."""
+    record = getattr(sam, "checkpoint_record", None) or {}
+    if str(record.get("command", "")).startswith("python -m persam.train"):
+        return True
+    built = getattr(sam, "architecture", None)
+    return name == "embedded" and built == configured_architecture(architecture)
+
+
 def build_sam(
     name: str = "vit_h",
     checkpoint: str | Path | None = None,
