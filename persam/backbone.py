@@ -9,8 +9,11 @@ and `finish` from here.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +24,15 @@ from segment_anything.modeling import (
     PromptEncoder,
     Sam,
     TwoWayTransformer,
+)
+
+from persam.architecture import (
+    FIELDS,
+    ArchitectureError,
+    checkpoint_architecture,
+    normalise,
+    parameter_shapes,
+    record_architecture,
 )
 
 log = logging.getLogger(__name__)
@@ -52,8 +64,9 @@ OFFICIAL_CHECKPOINTS = {
 RANDOM = "random"
 
 # Parameter-name prefixes that tell which family a state dict was saved from.
+_SAM_VIT_KEY = "image_encoder.blocks.0."
 _FAMILY_KEYS = {
-    "image_encoder.blocks.0.": "SAM ViT (backbone=vit_b|vit_l|vit_h|tiny|embedded)",
+    _SAM_VIT_KEY: "SAM ViT (backbone=vit_b|vit_l|vit_h|tiny|embedded)",
     "image_encoder.layers.0.": "MobileSAM's TinyViT (backbone=mobile_sam)",
     "image_encoder.backbone.": "EfficientViT-SAM (backbone=efficientvit_sam_<size>)",
     "image_encoder.trunk.": "SAM 2's Hiera (backbone=sam2_<size>)",
@@ -219,26 +232,16 @@ def check_checkpoint_path(checkpoint: str | Path, name: str = "") -> Path:
     return path
 
 
-def load_checkpoint(
-    sam: torch.nn.Module,
-    checkpoint: str | Path,
-    name: str = "",
-    rename: Callable[[dict], dict] | None = None,
-    accepts: tuple[str, ...] = (),
-) -> None:
-    """Load a state dict into `sam`, with errors that say what to do.
-
-    `rename` maps the file's parameter names to `sam`'s (a backbone that reads another layout);
-    `accepts`: the checkpoint families (`checkpoint_family`) it reads besides its own.
-    """
+def read_checkpoint(checkpoint: str | Path, name: str = "") -> dict:
+    """The state dict in a checkpoint file (unwrapped from Lightning's `state_dict` or SAM 2's
+    `model`), or a `CheckpointError` saying what to do."""
     path = check_checkpoint_path(checkpoint, name)
-    hint = _hint(name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise CheckpointError(
             f"Cannot read SAM checkpoint {path}: {type(exc).__name__}: {exc}. The file is corrupt "
-            f"or not a PyTorch state dict; download it again.{hint}"
+            f"or not a PyTorch state dict; download it again.{_hint(name)}"
         ) from exc
     for wrapper in ("state_dict", "model"):  # Lightning-style / SAM 2's {"model": ...}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -247,6 +250,27 @@ def load_checkpoint(
         raise CheckpointError(
             f"SAM checkpoint {path} holds a {type(state).__name__}, not a state dict."
         )
+    return state
+
+
+def load_checkpoint(
+    sam: torch.nn.Module,
+    checkpoint: str | Path,
+    name: str = "",
+    rename: Callable[[dict], dict] | None = None,
+    accepts: tuple[str, ...] = (),
+    state: dict | None = None,
+) -> None:
+    """Load a state dict into `sam`, with errors that say what to do.
+
+    `rename` maps the file's parameter names to `sam`'s (a backbone that reads another layout);
+    `accepts`: the checkpoint families (`checkpoint_family`) it reads besides its own; `state`:
+    the file's state dict when already read (`read_checkpoint`).
+    """
+    path = check_checkpoint_path(checkpoint, name)
+    hint = _hint(name)
+    if state is None:
+        state = read_checkpoint(path, name)
     family = checkpoint_family(state)
     mine = checkpoint_family(sam.state_dict())
     try:
@@ -267,6 +291,140 @@ def load_checkpoint(
         ) from exc
 
 
+def architecture_shapes(architecture: Mapping) -> dict[str, tuple[int, ...]] | None:
+    """The parameter shapes of `build_architecture(**architecture)`, built on the meta device
+    (no memory, no random numbers drawn), or None when it cannot be built."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return parameter_shapes(build_architecture(**architecture).state_dict())
+    except (AssertionError, ValueError, RuntimeError, TypeError):
+        return None
+
+
+def configured_architecture(architecture: Mapping) -> dict:
+    """`architecture` (the `build_architecture` keywords given) with the defaults filled in,
+    as plain values."""
+    defaults = {
+        p.name: p.default for p in inspect.signature(build_architecture).parameters.values()
+    }
+    return normalise({**defaults, **architecture})
+
+
+def checkpoint_record(path: Path) -> tuple[Path, dict | None]:
+    """The record beside a checkpoint (`<stem>.json`: `persam.train`'s record, or a plain
+    architecture file), or None when there is none, it is unreadable, or its sha256 is
+    another file's (each of the last two with a warning)."""
+    beside = path.with_suffix(".json")
+    if not beside.is_file():
+        return beside, None
+    try:
+        record = json.loads(beside.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("Ignoring the unreadable record %s beside %s: %s", beside, path, exc)
+        return beside, None
+    if not isinstance(record, dict):
+        return beside, None
+    digest = record.get("sha256")
+    if digest and digest != _sha256(path):
+        log.warning("Ignoring the record %s: its sha256 is not %s's", beside, path)
+        return beside, None
+    return beside, record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shape_differences(expected: Mapping, found: Mapping, limit: int = 3) -> str:
+    lines = [f"missing {k}" for k in expected if k not in found]
+    lines += [f"unexpected {k}" for k in found if k not in expected]
+    lines += [
+        f"{k}: {list(found[k])} in the file, {list(v)} built"
+        for k, v in expected.items()
+        if k in found and tuple(found[k]) != tuple(v)
+    ]
+    return "; ".join(lines[:limit]) + (
+        f" (+{len(lines) - limit} more)" if len(lines) > limit else ""
+    )
+
+
+def fitting_architecture(
+    state: dict, path: Path, architecture: dict, name: str
+) -> tuple[dict, dict | None]:
+    """The architecture to build for the checkpoint `state` read from `path`, and the record
+    beside it (or None).
+
+    `architecture` (the config) when the checkpoint's parameter shapes and its record fit it;
+    else, for a SAM ViT checkpoint, the checkpoint's own (`persam.architecture`), with one
+    warning naming the fields that differ. Other families are left to `load_checkpoint`."""
+    beside, record = checkpoint_record(path)
+    if checkpoint_family(state) != _FAMILY_KEYS[_SAM_VIT_KEY]:
+        return architecture, record
+    shapes = parameter_shapes(state)
+    recorded = record_architecture(record)
+    configured = configured_architecture(architecture)
+    if architecture_shapes(architecture) == shapes and all(
+        configured.get(k) == v for k, v in recorded.items()
+    ):
+        return architecture, record
+    try:
+        arch = checkpoint_architecture(shapes, recorded, configured)
+    except ArchitectureError as exc:
+        fix = (
+            f"Correct or remove the record {beside}, which does not describe this checkpoint"
+            if str(exc).startswith("its record")
+            else f"Write its architecture beside it, in {beside}: "
+            '{"architecture": {"decoder_num_heads": ..., ...}} with the fields of '
+            "conf/backbone/base.yaml, or set the backbone.* architecture fields to the "
+            "checkpoint's (backbone.decoder_num_heads=N ...)"
+        )
+        raise CheckpointError(
+            f"SAM checkpoint {path} does not fit backbone '{name}' as configured, and its own "
+            f"architecture cannot be read from it: {exc}. {fix}."
+        ) from exc
+    built = architecture_shapes(arch)
+    if built != shapes:
+        raise CheckpointError(
+            f"SAM checkpoint {path} does not fit backbone '{name}', nor the SAM architecture "
+            f"read from its shapes: {_shape_differences(built or {}, shapes)}. It is not a "
+            f"segment_anything Sam state dict; pass one (backbone.checkpoint=...) or choose "
+            f"the backbone that reads it.{_hint(name)}"
+        )
+    changed = ", ".join(
+        f"{k} {_show(configured.get(k))} -> {_show(arch[k])}"
+        for k in FIELDS
+        if configured.get(k) != arch[k]
+    )
+    log.warning(
+        "SAM checkpoint %s does not fit backbone '%s' as configured (%s): built the "
+        "checkpoint's own architecture, read from its parameter shapes%s.",
+        path,
+        name,
+        changed,
+        f" and its record {beside}" if recorded else "",
+    )
+    return arch, record
+
+
+def _show(value) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def synthetic_world_model(sam: torch.nn.Module, name: str, architecture: Mapping) -> bool:
+    """Whether `sam` holds weights trained on the synthetic world alone (`persam.train`): the
+    record beside its checkpoint is a training record, or it is `backbone=embedded` built with
+    the configured `architecture` (a copy without a record, as the golden video model)."""
+    record = getattr(sam, "checkpoint_record", None) or {}
+    if str(record.get("command", "")).startswith("python -m persam.train"):
+        return True
+    built = getattr(sam, "architecture", None)
+    return name == "embedded" and built == configured_architecture(architecture)
+
+
 def build_sam(
     name: str = "vit_h",
     checkpoint: str | Path | None = None,
@@ -274,13 +432,23 @@ def build_sam(
     device: str = "auto",
     **architecture,
 ) -> Sam:
-    """Build a frozen `Sam` in eval mode: from `checkpoint`, or random-init from `seed`."""
+    """Build a frozen `Sam` in eval mode: from `checkpoint`, or random-init from `seed`.
+
+    A SAM ViT checkpoint that does not fit `architecture` (its parameter shapes, or the record
+    beside it) is built with its own architecture instead (`fitting_architecture`, a warning).
+    The model's `architecture` attribute holds what was built, `checkpoint_record` the record
+    beside its checkpoint (or None)."""
+    state, record = None, None
     if not is_random(checkpoint):
-        check_checkpoint_path(checkpoint, name)
+        path = check_checkpoint_path(checkpoint, name)
+        state = read_checkpoint(path, name)
+        architecture, record = fitting_architecture(state, path, architecture, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = build_architecture(**architecture)
-    return finish(sam, name, checkpoint, device)
+    sam.architecture = configured_architecture(architecture)
+    sam.checkpoint_record = record
+    return finish(sam, name, checkpoint, device, state=state)
 
 
 def finish(
@@ -291,8 +459,8 @@ def finish(
     target: torch.nn.Module | None = None,
     **loading,
 ):
-    """Load `checkpoint` into `target` (default `model`; `loading`: `load_checkpoint`'s rename
-    and accepts), or warn that the weights are random; freeze `model`, put it in eval mode on
+    """Load `checkpoint` into `target` (default `model`; `loading`: `load_checkpoint`'s rename,
+    accepts and state), or warn that the weights are random; freeze `model`, put it in eval mode on
     `device`. Shared by every backbone family."""
     if not is_random(checkpoint):
         load_checkpoint(model if target is None else target, checkpoint, name, **loading)

@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "replacing"]
+from filelock import FileLock
+
+__all__ = ["atomic_write", "generated_folder", "replacing"]
 
 
 @contextmanager
@@ -46,3 +48,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], bi
     with replacing(path) as tmp:
         with open(tmp, "wb") if binary else open(tmp, "w", newline="") as f:
             write(f)
+
+
+def generated_folder(
+    folder: str | os.PathLike,
+    is_complete: Callable[[Path], bool],
+    write: Callable[[Path], object],
+) -> Path:
+    """Make ``folder`` with ``write(tmp)`` unless ``is_complete(folder)``; returns ``folder``.
+
+    ``write`` fills a temporary folder beside ``folder`` (manifest included), which then
+    replaces ``folder`` in one rename, under a file lock (``.<name>.lock``): concurrent runs
+    generate it once, and an interrupted one never leaves a half-written folder behind (its
+    leftovers are removed by the next run).
+    """
+    folder = Path(folder)
+    if is_complete(folder):
+        return folder
+    root, name = folder.parent, folder.name
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.lock")):
+        if is_complete(folder):  # another process finished meanwhile
+            return folder
+        for stale in [*root.glob(f".{name}.tmp-*"), *root.glob(f".{name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # an interrupted run's (we hold the lock)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; generated data is meant to be shared
+        try:
+            write(tmp)
+            old = None
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
+                os.replace(folder, old / name)
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder

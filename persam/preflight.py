@@ -11,6 +11,8 @@
 - `resume_argv`: `python -m persam.run resume=true hydra.run.dir=FOLDER` continues the run
   recorded in FOLDER with its own overrides (those in `FOLDER/.hydra/overrides.yaml` not given
   again on the command line), so a sweep job resumes with the command line shown by the report.
+- `warn_model_reach`: the embedded SAM (trained on the synthetic world alone) on other data says
+  once what its numbers there mean and how to use a real SAM checkpoint instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from persam.backbone import OFFICIAL_CHECKPOINTS, is_random, synthetic_world_model
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,47 @@ def check_device(cfg: DictConfig) -> None:
             "A GPU was asked for but this machine has none (torch.cuda.is_available() is "
             f"False): {'; '.join(problems)}. Nothing was run."
         )
+
+
+# -- the embedded model's reach -----------------------------------------------------------------
+# Datasets drawn from the synthetic world (`persam.data.synthetic` and the layouts built on it).
+SYNTHETIC_DATA = (
+    "persam.data.synthetic.",
+    "persam.data.synthetic_video.",
+    "persam.data.fewshot_synthetic.",
+)
+# What the shipped embedded model scores on real images (update with the shipped model; the
+# measurement is in experiments/embedded/RESULTS.md).
+EMBEDDED_ON_REAL = (
+    "about 23.5 mIoU on three real PerSeg objects: cat, colorful_sneaker and duck_toy"
+)
+
+
+def warn_model_reach(cfg: DictConfig, sam: torch.nn.Module) -> bool:
+    """Warn (once per run, True) when a model trained on the synthetic world alone (the
+    embedded SAM) runs on other data: its numbers there measure the framework, not PerSAM."""
+    target = str(OmegaConf.select(cfg, "data._target_", default="") or "")
+    if target.startswith(SYNTHETIC_DATA) or is_random(cfg.backbone.get("checkpoint")):
+        return False
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    if not synthetic_world_model(sam, str(backbone.get("name")), backbone):
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    data = choices.get("data") or target
+    log.warning(
+        "The embedded SAM (backbone=%s, %s) was trained on the synthetic world only: on "
+        "data=%s its masks and metrics measure this framework, not PerSAM (it scores %s). For "
+        "PerSAM's numbers use a real SAM checkpoint: backbone=vit_h "
+        "backbone.checkpoint=PATH/sam_vit_h_4b8939.pth (download: %s).",
+        backbone.get("name"),
+        backbone.get("checkpoint"),
+        data,
+        EMBEDDED_ON_REAL,
+        OFFICIAL_CHECKPOINTS["vit_h"],
+    )
+    return True
 
 
 # -- run folder -------------------------------------------------------------------------------

@@ -31,7 +31,13 @@ from persam.backbone import BackboneError, is_random
 from persam.conf import CONFIG_DIR
 from persam.encoder import Encoder
 from persam.loggers import RunLogger
-from persam.preflight import PreflightError, check_device, claim_run_dir, resume_argv
+from persam.preflight import (
+    PreflightError,
+    check_device,
+    claim_run_dir,
+    resume_argv,
+    warn_model_reach,
+)
 from persam.runner import RunInterrupted, Runner
 from persam.schema import ConfigError, check_config, check_overrides
 
@@ -123,6 +129,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
     preflight(cfg, run_dir)
 
     sam = build_backbone(cfg)
+    warn_model_reach(cfg, sam)
     random_weights = is_random(cfg.backbone.get("checkpoint"))
     cache = instantiate(cfg.cache)
     method = build_method(

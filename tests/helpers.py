@@ -65,3 +65,31 @@ def run_cli(args: list[str], cwd: Path, module: str = "persam.run", timeout: int
         text=True,
         timeout=timeout,
     )
+
+
+def run_in_process(overrides: list[str], run_dir: Path, config_name: str = "config") -> dict:
+    """`persam.run.run` in this process (so that caplog sees its log), with the config Hydra
+    composes for `python -m persam.run <overrides> hydra.run.dir=<run_dir>`; returns the
+    metrics summary."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from persam.conf import CONFIG_DIR
+    from persam.run import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name,
+            overrides=[*overrides, f"hydra.run.dir={run_dir}"],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as Hydra hands the config to the task function
+    try:
+        return run(cfg)
+    finally:
+        HydraConfig.instance().cfg = None

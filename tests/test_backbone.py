@@ -59,9 +59,11 @@ def test_missing_checkpoint_says_where_to_download(tmp_path):
     )
 
 
-def test_checkpoint_of_another_architecture(golden):
-    with pytest.raises(CheckpointError, match="does not fit backbone 'tiny'"):
-        build_sam(
+def test_checkpoint_of_another_architecture_builds_its_own(golden, caplog):
+    """The configured width does not fit: the golden checkpoint's own (its shapes and
+    tiny_sam.json beside it) is built, with a warning; the weights are the file's."""
+    with caplog.at_level("WARNING", logger="persam.backbone"):
+        sam = build_sam(
             name="tiny",
             checkpoint=golden / "tiny_sam.pth",
             device="cpu",
@@ -70,6 +72,10 @@ def test_checkpoint_of_another_architecture(golden):
             encoder_num_heads=2,
             encoder_global_attn_indexes=[1],
         )
+    assert "does not fit backbone 'tiny' as configured (encoder_embed_dim 64 -> 96)" in caplog.text
+    assert str(golden / "tiny_sam.json") in caplog.text
+    state = torch.load(golden / "tiny_sam.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(sam.state_dict()[k], v) for k, v in state.items())
 
 
 def test_corrupt_checkpoint(tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from helpers import run_in_process
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -122,10 +125,105 @@ def test_a_corrupt_copy_raises_checkpoint_error(tmp_path):
         _build(f"backbone.checkpoint={bad}")
 
 
-def test_a_mismatched_architecture_raises_checkpoint_error(tmp_path):
+def test_a_mismatched_architecture_loads_the_checkpoints_own(tmp_path, embedded_sam, caplog):
+    """A config that does not fit the checkpoint (no record beside the copy): the architecture
+    read from its shapes is built, with one warning; it predicts as the shipped model."""
     copy = tmp_path / "embedded_sam.pth"
     shutil.copyfile(CHECKPOINT, copy)
-    with pytest.raises(CheckpointError, match="does not fit"):
-        _build(f"backbone.checkpoint={copy}", "backbone.encoder_depth=2")
+    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+        sam = _build(f"backbone.checkpoint={copy}", "backbone.encoder_depth=2")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(copy) in warnings[0]
+    assert (
+        "(encoder_depth 2 -> 4)" in warnings[0] and "checkpoint's own architecture" in warnings[0]
+    )
+    assert len(sam.image_encoder.blocks) == 4 and sam.architecture == embedded_sam.architecture
+    img = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    lows = []
+    for model in (sam, embedded_sam):
+        predictor = Encoder(model).set_image(img)
+        lows.append(
+            predictor.predict(point_coords=np.array([[80, 60]]), point_labels=np.array([1]))[2]
+        )
+    assert np.array_equal(*lows)
     with pytest.raises(CheckpointError, match="not found"):
         _build(f"backbone.checkpoint={tmp_path / 'missing.pth'}")
+
+
+# -- its reach: a model of the synthetic world on other data says so -----------------------------
+def _reach_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "persam.preflight" and r.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.golden
+def test_a_run_on_real_images_says_once_what_the_embedded_models_numbers_mean(
+    golden, tmp_path, caplog
+):
+    """`data=perseg` on the three real golden objects: one warning, and the run goes on."""
+    overrides = ["data=perseg", f"data.root={golden / 'perseg-mini'}", "logger=none"]
+    with caplog.at_level(logging.INFO):
+        summary = run_in_process([*overrides, "progress=false"], tmp_path / "run")
+    (warning,) = _reach_warnings(caplog)
+    assert "trained on the synthetic world only" in warning and "data=perseg" in warning
+    assert "measure this framework, not PerSAM" in warning and "mIoU" in warning
+    assert "backbone=vit_h backbone.checkpoint=PATH/sam_vit_h_4b8939.pth" in warning
+    assert str(CHECKPOINT) in warning
+    assert summary["complete"] and set(summary["objects"]) == {
+        "cat",
+        "colorful_sneaker",
+        "duck_toy",
+    }
+
+
+def _cfg(*overrides: str, config: str = "config"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config, overrides=["backbone.device=cpu", *overrides])
+
+
+def _copy(tmp_path: Path, record: bool) -> Path:
+    copy = tmp_path / ("recorded" if record else "bare") / "model.pth"
+    copy.parent.mkdir()
+    shutil.copyfile(CHECKPOINT, copy)
+    if record:
+        shutil.copyfile(WEIGHTS / "embedded_sam.json", copy.with_suffix(".json"))
+    return copy
+
+
+def test_which_models_and_data_warn_about_the_reach(tmp_path, embedded_sam, caplog):
+    from persam.backbone import build_architecture
+    from persam.preflight import warn_model_reach
+
+    bare, recorded = _copy(tmp_path, record=False), _copy(tmp_path, record=True)
+    arch = json.loads((WEIGHTS / "embedded_sam.json").read_text())["architecture"]
+    other = tmp_path / "other.pth"  # another encoder, no record: not the embedded model
+    torch.save(build_architecture(**{**arch, "encoder_depth": 2}).state_dict(), other)
+    real = ["data=perseg", "data.root=PATH"]
+    cases = [
+        ((), "config", False),  # the synthetic world
+        (("data=synthetic_fss1000",), "config", False),
+        ((), "video", False),  # synthetic videos
+        ((*real, "backbone.checkpoint=random"), "config", False),  # random weights warn already
+        ((*real,), "config", True),
+        (("data=davis", "data.root=PATH"), "video", True),
+        ((*real, f"backbone.checkpoint={bare}"), "config", True),  # the embedded architecture
+        ((*real, "backbone=tiny", f"backbone.checkpoint={recorded}"), "config", True),  # record
+        ((*real, f"backbone.checkpoint={other}"), "config", False),
+    ]
+    for overrides, config, expected in cases:
+        cfg = _cfg(*overrides, config=config)
+        sam = embedded_sam if "backbone.checkpoint" not in str(overrides) else _build_cfg(cfg)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert warn_model_reach(cfg, sam) is expected, overrides
+        assert len(_reach_warnings(caplog)) == int(expected), overrides
+
+
+def _build_cfg(cfg):
+    try:
+        return instantiate(cfg.backbone)
+    except InstantiationException as exc:
+        raise exc.__cause__ or exc from exc

@@ -161,6 +161,47 @@ def test_distractor_labels_draw_the_same_scene() -> None:
     assert not none.labels.any()
 
 
+def test_part_labels_draw_the_same_scene_and_nest_inside_the_target() -> None:
+    from persam.data.synthetic.drawing import part_sprites, render_sprite
+
+    composite = make_identity(777, family="composite")
+    plain_blob = next(
+        make_identity(s, family="blob")
+        for s in range(100)
+        if not make_identity(s, family="blob").outline
+    )
+    outlined = next(make_identity(s, family="star") for s in range(100) if make_identity(s).outline)
+    sprite_mask = render_sprite(composite)[..., 3] >= 128
+    parts = part_sprites(composite)
+    assert len(parts) >= 2
+    for i, a in enumerate(parts):
+        for b in parts[i + 1 :]:
+            assert not ((a >= 128) & (b >= 128)).any()  # a shape drawn over another hides it
+    outside = (np.max(parts, axis=0) >= 128) & ~sprite_mask  # anti-aliased edges at most
+    assert outside.sum() <= 0.01 * sprite_mask.sum()
+    (interior,) = part_sprites(outlined)
+    whole = render_sprite(outlined)[..., 3] >= 128
+    assert 0 < (interior >= 128).sum() < whole.sum()
+    assert part_sprites(plain_blob) == ()
+
+    for ident in (composite, outlined, plain_blob):
+        for seed in range(3):
+            plain = render_scene(ident, np.random.default_rng(seed), size=(300, 400))
+            rich = render_scene(
+                ident, np.random.default_rng(seed), size=(300, 400), part_labels=True
+            )
+            np.testing.assert_array_equal(plain.image, rich.image)
+            np.testing.assert_array_equal(plain.mask, rich.mask)
+            assert plain.parts is None and rich.parts.dtype == np.uint8
+            assert not (rich.parts[~rich.mask] > 0).any()  # parts are visible target pixels
+            n = len(part_sprites(ident))
+            assert set(np.unique(rich.parts)) <= set(range(n + 1))
+            if n:
+                assert (rich.parts > 0).sum() > 0.3 * rich.mask.sum()
+            else:
+                assert not rich.parts.any()
+
+
 def test_make_identity_is_deterministic() -> None:
     assert make_identity(99) == make_identity(99)
     assert make_identity(99) != make_identity(100)

@@ -98,6 +98,11 @@ def test_retraining_lowers_the_loss_and_is_deterministic(tmp_path):
     rec3 = json.loads((third / "embedded_sam.json").read_text())
     assert rec3["init_from"] == str(weights.resolve()) and rec3["steps"] == 5
     assert str(weights.resolve()) in (third / "embedded_sam.md").read_text()
+    # the record lists the whole chain of stages (each started from the previous one's weights)
+    rec1 = json.loads((first / "embedded_sam.json").read_text())
+    assert [c["sha256"] for c in rec3["chain"]] == [rec1["sha256"], rec3["sha256"]]
+    assert [c["steps"] for c in rec3["chain"]] == [rec1["steps"], 5]
+    assert "Training chain (2 stage(s)" in (third / "embedded_sam.md").read_text()
 
 
 @pytest.mark.slow
@@ -194,6 +199,49 @@ def test_prompt_sampling():
     assert len(empty) == 0 and empty.tensors() is None
 
 
+def test_touching_group_takes_the_objects_in_contact():
+    from persam.training.data import touching_group
+
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 20:30] = 1  # touches the target's right side
+    labels[30:38, 30:38] = 2  # far away
+    labels[0:1, 0:1] = 3  # touches nothing, and too small anyway
+    group = touching_group(mask, labels, min_area=0.01)
+    assert group.dtype == np.float32
+    np.testing.assert_array_equal(group > 0, mask | (labels == 1))
+    assert not touching_group(mask, np.zeros_like(labels), 0.01)[~mask].any()
+
+
+def test_nested_multimask_targets():
+    from persam.training.module import EmbeddedSamModule
+
+    with pytest.raises(ValueError, match="train.module.multimask"):
+        EmbeddedSamModule(ARCH, multimask="largest")
+    module = EmbeddedSamModule(ARCH, multimask="nested")
+    gt = torch.zeros(2, 1, 32, 32)
+    gt[:, :, 8:24, 8:24] = 1
+    parts = torch.zeros(2, 32, 32, dtype=torch.long)
+    parts[:, 8:16, 8:24] = 1
+    parts[:, 16:24, 8:24] = 2
+    group = gt.clone()
+    group[:, :, 8:24, 24:30] = 1
+    points = PointSet(2)
+    points.add(0, (10.0, 20.0), 1)  # in part 2
+    points.add(1, (10.0, 9.0), 1)  # in part 1
+    scales = module._scales(gt, parts, group, points, "point")
+    assert scales.shape == (2, 3, 32, 32)
+    assert torch.equal(scales[0, 0].bool(), parts[0] == 2)
+    assert torch.equal(scales[1, 0].bool(), parts[1] == 1)
+    assert torch.equal(scales[:, 1:2], gt) and torch.equal(scales[:, 2:3], group)
+    # a box names the object: every scale is the object
+    boxed = module._scales(gt, parts, group, points, "box")
+    assert torch.equal(boxed, gt.expand(-1, 3, -1, -1))
+    # no parts, no group: the object at every scale
+    assert torch.equal(module._scales(gt, None, None, points, "point"), gt.expand(-1, 3, -1, -1))
+
+
 def test_batches_carry_visible_distractors_without_changing_the_pairs():
     from persam.training.data import DataConfig, PairBatches, render_pool
 
@@ -211,5 +259,9 @@ def test_batches_carry_visible_distractors_without_changing_the_pairs():
     assert torch.equal(area > 0, ok)  # a slot is used exactly when it holds a mask
     assert (area[ok] >= 0.004 * 128 * 96).all()  # at least min_other_area of the image
     assert not (others * rich["mask"]).any()  # never the target's pixels
+    # nested scales: the target's parts lie inside it, its group contains it
+    assert rich["parts"].shape == (4, 128, 128) and rich["group"].shape == (4, 1, 128, 128)
+    assert not ((rich["parts"] > 0) & (rich["mask"][:, 0] == 0)).any()
+    assert (rich["group"] >= rich["mask"]).all()
     for j, (h, w) in enumerate(rich["valid"].tolist()):
         assert not others[j, :, h:, :].any() and not others[j, :, :, w:].any()

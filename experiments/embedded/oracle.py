@@ -13,7 +13,10 @@ segmented with prompts taken from its own ground-truth mask:
 * `point_refined`: the same, then PerSAM's two cascaded refinement passes (`persam/refine.py`);
 * `box`: the mask's bounding box, one pass (the decoder's mask quality with a tight box).
 
-It also measures how often PerSAM's location prior (its positive point: the arg-max of the
+It also measures whether SAM's three multimask outputs differ in scale (`scales`): for the same
+interior point, one pass with `multimask_output=True`; per output its mean area relative to the
+ground truth's and its IoU with it (nested part / object / group outputs read as area ratios
+below 1, near 1 and above 1). And how often PerSAM's location prior (its positive point: the arg-max of the
 similarity to the reference's mean feature) falls inside the ground-truth mask (`prior_hit`).
 The scores are PerSAM's (`persam/metrics.py`: per-object accumulated IoU, mean over objects).
 """
@@ -59,6 +62,8 @@ def oracle(overrides: list[str]) -> dict:
     dataset = instantiate(cfg.data)
     meters = {v: {} for v in VARIANTS}
     hits: dict[str, list[bool]] = {}
+    scale_area: list[np.ndarray] = []
+    scale_iou: list[np.ndarray] = []
     for obj in dataset:
         ref_image = read_image(obj.reference_image)
         ref_mask = read_annotation(obj.reference_annotation, ref_image.shape)
@@ -77,6 +82,14 @@ def oracle(overrides: list[str]) -> dict:
                 point_coords=point, point_labels=label, multimask_output=False
             )
             meters["point"][obj.name].update(masks[0], gt)
+            multi, _, _ = predictor.predict(
+                point_coords=point, point_labels=label, multimask_output=True
+            )
+            area = max(int(gt.sum()), 1)
+            scale_area.append(multi.reshape(3, -1).sum(1) / area)
+            inter = (multi & gt).reshape(3, -1).sum(1)
+            union = (multi | gt).reshape(3, -1).sum(1)
+            scale_iou.append(inter / np.maximum(union, 1))
             refined = cascaded_refinement(predictor, point, label, masks[0], low[0:1], steps=2)
             meters["point_refined"][obj.name].update(refined.mask, gt)
             box = mask_box(gt)
@@ -90,6 +103,13 @@ def oracle(overrides: list[str]) -> dict:
     for v in VARIANTS:
         per_object = {name: m.result() for name, m in meters[v].items()}
         out["variants"][v] = {**mean_over_objects(list(per_object.values())), "objects": per_object}
+    if scale_area:
+        out["scales"] = {
+            "area_ratio_mean": np.mean(scale_area, 0).round(4).tolist(),
+            "area_ratio_median": np.median(scale_area, 0).round(4).tolist(),
+            "iou_mean": np.mean(scale_iou, 0).round(4).tolist(),
+            "n_images": len(scale_area),
+        }
     all_hits = [h for hs in hits.values() for h in hs]
     out["prior_hit"] = float(np.mean(all_hits)) if all_hits else None
     out["prior_hit_objects"] = {k: float(np.mean(h)) for k, h in hits.items() if h}
@@ -105,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     for v in VARIANTS:
         r = result["variants"][v]
         print(f"oracle {v:14s} mIoU {100 * r['miou']:.2f}  mBIoU {100 * r['mbiou']:.2f}")
+    if "scales" in result:
+        sc = result["scales"]
+        for i in range(3):
+            print(
+                f"multimask output {i + 1}: area / ground truth mean "
+                f"{sc['area_ratio_mean'][i]:.2f} (median {sc['area_ratio_median'][i]:.2f}), "
+                f"IoU {100 * sc['iou_mean'][i]:.2f}"
+            )
     print(
         f"location prior: positive point inside the object on {100 * result['prior_hit']:.1f}% of images"
     )

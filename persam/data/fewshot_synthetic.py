@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
-from filelock import FileLock
 
 from persam.data.synthetic import GENERATOR_VERSION, render_scene, split_identities
+from persam.files import generated_folder
 
 LAYOUTS = ("fss1000", "coco20i", "lvis92i")
 SIZE = (224, 224)
@@ -128,24 +126,13 @@ def ensure_fewshot_synthetic(
     """The layout's folder under `root`, generated on first use; returns it."""
     root = Path(root).expanduser()
     folder = root / f"{layout}-c{classes}-i{images_per_class}-s{seed}-v{_VERSION}"
-    if (folder / "manifest.json").is_file():
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{folder.name}.lock")):
-        if (folder / "manifest.json").is_file():
-            return folder
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
-        try:
-            write_layout(tmp, layout, classes, images_per_class, seed)
-            params = {"layout": layout, "classes": classes, "images": images_per_class}
-            (tmp / "manifest.json").write_text(json.dumps({**params, "seed": seed}))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    def write(tmp: Path) -> None:
+        write_layout(tmp, layout, classes, images_per_class, seed)
+        params = {"layout": layout, "classes": classes, "images": images_per_class}
+        (tmp / "manifest.json").write_text(json.dumps({**params, "seed": seed}))
+
+    return generated_folder(folder, lambda d: (d / "manifest.json").is_file(), write)
 
 
 def synthetic_fewshot(

@@ -21,19 +21,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image
 
 from persam.data.davis import DavisDataset, davis_palette
 from persam.data.synthetic import split_identities
 from persam.data.synthetic.drawing import blend, cached_sprite, colour_jitter, full_mask, warp
 from persam.data.synthetic.scene import _background
+from persam.files import generated_folder
 
 #: Bump whenever the drawn pixels change for the same parameters (forces regeneration).
 VIDEO_GENERATOR_VERSION = 1
@@ -181,41 +179,29 @@ def ensure_synthetic_video(
     root = Path(root)
     key = f"v{VIDEO_GENERATOR_VERSION}-seed{seed}-n{num_sequences}-t{num_frames}"
     folder = root / key
-    if _is_complete(folder, params):
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
     palette = davis_palette()
-    with FileLock(str(root / f".{key}.lock")):
-        if _is_complete(folder, params):
-            return folder
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
-        os.chmod(tmp, 0o755)
-        try:
-            names = []
-            for index in range(num_sequences):
-                name, frames, labels = render_sequence(index, seed, num_frames)
-                img_dir = tmp / "JPEGImages" / "480p" / name
-                ann_dir = tmp / "Annotations" / "480p" / name
-                img_dir.mkdir(parents=True)
-                ann_dir.mkdir(parents=True)
-                for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
-                    Image.fromarray(frame).save(img_dir / f"{i:05d}.jpg", quality=_JPEG_QUALITY)
-                    png = Image.fromarray(label, mode="P")
-                    png.putpalette(palette)
-                    png.save(ann_dir / f"{i:05d}.png")
-                names.append(name)
-            (tmp / "ImageSets" / "2017").mkdir(parents=True)
-            (tmp / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
-            (tmp / "manifest.json").write_text(
-                json.dumps({"params": params, "sequences": names}, indent=2)
-            )
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    def write(tmp: Path) -> None:
+        names = []
+        for index in range(num_sequences):
+            name, frames, labels = render_sequence(index, seed, num_frames)
+            img_dir = tmp / "JPEGImages" / "480p" / name
+            ann_dir = tmp / "Annotations" / "480p" / name
+            img_dir.mkdir(parents=True)
+            ann_dir.mkdir(parents=True)
+            for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+                Image.fromarray(frame).save(img_dir / f"{i:05d}.jpg", quality=_JPEG_QUALITY)
+                png = Image.fromarray(label, mode="P")
+                png.putpalette(palette)
+                png.save(ann_dir / f"{i:05d}.png")
+            names.append(name)
+        (tmp / "ImageSets" / "2017").mkdir(parents=True)
+        (tmp / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+        (tmp / "manifest.json").write_text(
+            json.dumps({"params": params, "sequences": names}, indent=2)
+        )
+
+    return generated_folder(folder, lambda d: _is_complete(d, params), write)
 
 
 class SyntheticVideoDataset(DavisDataset):

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
-from filelock import FileLock
 
 from persam.data.instances import write_instances
 from persam.data.synthetic.identities import SPLITS, Identity, split_identities
 from persam.data.synthetic.scene import render_scene
+from persam.files import generated_folder
 
 __all__ = ["GENERATOR_VERSION", "JPEG_QUALITY", "ensure_synthetic", "synthetic_dataset"]
 
@@ -186,38 +184,14 @@ def ensure_synthetic(
     root = Path(root)
     split_dir = split_folder(root, split, copies)
     params = _params(split, seed, n_objects, images_per_object, copies)
-    if _is_complete(split_dir, params):
-        return split_dir
 
-    root.mkdir(parents=True, exist_ok=True)
-    split = split_dir.name  # names the lock and the temporary folders
-    with FileLock(str(root / f".{split}.lock")):
-        if _is_complete(split_dir, params):  # another process finished meanwhile
-            return split_dir
-        for stale in [*root.glob(f".{split}.tmp-*"), *root.glob(f".{split}.old-*")]:
-            shutil.rmtree(
-                stale, ignore_errors=True
-            )  # left by an interrupted run (we hold the lock)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=root))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the split is meant to be shared
-        try:
-            identities = split_identities(params["split"], seed, n_objects)
-            objects = _write_split(
-                tmp, params["split"], seed, identities, images_per_object, copies
-            )
-            manifest = {"params": params, "objects": objects}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            old = None
-            if split_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{split}.old-", dir=root))
-                os.replace(split_dir, old / split)
-            os.replace(tmp, split_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return split_dir
+    def write(tmp: Path) -> None:
+        identities = split_identities(params["split"], seed, n_objects)
+        objects = _write_split(tmp, params["split"], seed, identities, images_per_object, copies)
+        manifest = {"params": params, "objects": objects}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+    return generated_folder(split_dir, lambda d: _is_complete(d, params), write)
 
 
 def synthetic_dataset(
