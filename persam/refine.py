@@ -25,10 +25,12 @@ def mask_box(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
     `margin` > 0 expands the box as the official video scripts do: each side moves out by
     `margin`, the minima clip at 0 and the maxima at W and H (not W - 1 and H - 1).
     """
-    y, x = np.nonzero(mask)
-    if x.size == 0:
+    mask = np.asarray(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return None
-    box = np.array([x.min(), y.min(), x.max(), y.max()])
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = np.array([cols[0], rows[0], cols[-1], rows[-1]])
     if margin:
         h, w = mask.shape
         box = np.array(
@@ -66,6 +68,7 @@ def decode(
     boxes: np.ndarray | None = None,
     mask_input: np.ndarray | None = None,
     return_logits: bool = False,
+    best_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SAM's three masks for B prompts on the predictor's image, in one decoder pass.
 
@@ -73,6 +76,11 @@ def decode(
     mask_input (B, 1, h, w) or None -> masks (B, 3, H, W) (bool, or logits with
     `return_logits`), scores (B, 3), low-res logits (B, 3, h, w). With B = 1 this is exactly
     `SamPredictor.predict` (same transforms, same `predict_torch` call).
+
+    `best_only`: only each prompt's best-scoring mask (first arg-max of its scores) is brought
+    to full resolution -> masks (B, H, W), the same values as the full call's, at a third of
+    the upsampling (for `SamPredictor` itself; another predictor's `predict_torch` upsamples
+    all three and the best are picked).
     """
     device = predictor.device
     coords_t = labels_t = boxes_t = mask_t = None
@@ -86,10 +94,54 @@ def decode(
     if mask_input is not None:
         mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)
     with torch.no_grad():
+        if best_only and type(predictor).predict_torch is SamPredictor.predict_torch:
+            low, scores = _decode_low_res(predictor, coords_t, labels_t, boxes_t, mask_t)
+            scores = scores.cpu().numpy()
+            masks = _upsample(predictor, low, scores.argmax(axis=1))
+            if not return_logits:
+                masks = masks > predictor.model.mask_threshold
+            return masks.cpu().numpy(), scores, low.cpu().numpy()
         masks, scores, low = predictor.predict_torch(
             coords_t, labels_t, boxes_t, mask_t, multimask_output=True, return_logits=return_logits
         )
-    return masks.cpu().numpy(), scores.cpu().numpy(), low.cpu().numpy()
+    masks, scores = masks.cpu().numpy(), scores.cpu().numpy()
+    if best_only:
+        masks = masks[np.arange(len(masks)), scores.argmax(axis=1)]
+    return masks, scores, low.cpu().numpy()
+
+
+def _decode_low_res(predictor: SamPredictor, coords, labels, boxes, mask_input):
+    """`SamPredictor.predict_torch`'s decoder call, multimask, without the upsampling
+    -> low-res logits (B, 3, h, w), scores (B, 3)."""
+    model = predictor.model
+    sparse, dense = model.prompt_encoder(
+        points=None if coords is None else (coords, labels), boxes=boxes, masks=mask_input
+    )
+    return model.mask_decoder(
+        image_embeddings=predictor.features,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+
+
+def _upsample(predictor: SamPredictor, low: torch.Tensor, best: np.ndarray) -> torch.Tensor:
+    """`postprocess_masks` of mask best[b] of each low (B, 3, h, w) -> logits (B, H, W).
+
+    The picked masks go through it three at a time (the last group padded with copies), as
+    SAM's three masks do: PyTorch's CPU bilinear interpolation chooses its kernel by the channel
+    count (and thread count), so this gives the bits that upsampling all three masks gives.
+    """
+    b, m = low.shape[:2]
+    picked = low[torch.arange(b, device=low.device), torch.as_tensor(best, device=low.device)]
+    groups = -(-b // m)
+    if groups * m > b:
+        picked = torch.cat([picked, picked[-1:].expand(groups * m - b, -1, -1)])
+    full = predictor.model.postprocess_masks(
+        picked.reshape(groups, m, *low.shape[-2:]), predictor.input_size, predictor.original_size
+    )
+    return full.reshape(groups * m, *full.shape[-2:])[:b]
 
 
 def cascaded_refinement(
@@ -170,15 +222,16 @@ def cascaded_refinement_batch(
                 np.stack([boxes[b] for b in group]) if group is with_box else None,
                 np.stack([results[b].logits for b in group]),
                 return_logits=last,
+                best_only=True,  # only the best mask of each pass is used
             )
             for k, b in enumerate(group):
                 result = results[b]
                 best = int(np.argmax(scores[k]))
-                step_masks = out[k]
+                mask = out[k]
                 if last:
-                    result.high_res = step_masks[best]
-                    step_masks = step_masks > predictor.model.mask_threshold
-                result.mask, result.logits = step_masks[best], low_res[k, best : best + 1]
+                    result.high_res = mask
+                    mask = mask > predictor.model.mask_threshold
+                result.mask, result.logits = mask, low_res[k, best : best + 1]
                 result.steps.append((result.mask, best))
                 result.scores.append(scores[k])
                 result.boxes.append(boxes[b])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -12,7 +13,7 @@ from persam.conf import CONFIG_DIR
 from persam.data.synthetic_video import SyntheticVideoDataset
 from persam.encoder import Encoder
 from persam.method import PerSAM, PerSAMF
-from persam.refine import EmptyMaskError, cascaded_refinement
+from persam.refine import EmptyMaskError, cascaded_refinement, decode
 from persam.video.policy import VideoPolicy
 from persam.video.segmenter import (
     VideoSegmenter,
@@ -80,6 +81,34 @@ def test_refinement_on_an_empty_mask_raises_or_runs_without_a_box(embedded) -> N
     assert result.boxes[0] is None and result.warnings
     assert result.high_res.shape == (64, 80)
     np.testing.assert_array_equal(result.mask, result.high_res > 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_best_only_decode_gives_the_full_calls_best_masks_bit_for_bit(embedded, threads) -> None:
+    """The refinement passes upsample only each prompt's best mask; the values must be the
+    ones upsampling all three gives (PyTorch's CPU interpolation picks its kernel by the
+    channel and thread counts), for 1, 2 and 4 objects in one call."""
+    rng = np.random.default_rng(0)
+    predictor = Encoder(embedded).set_image(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for b in (1, 2, 4):
+            coords = rng.integers(0, 90, (b, 2, 2))
+            labels = np.ones((b, 2), np.int64)
+            boxes = np.array([[10, 5, 120, 80]] * b)
+            low_in = rng.normal(size=(b, 1, 64, 64)).astype(np.float32)
+            for logits in (True, False):
+                full, scores, low = decode(predictor, coords, labels, boxes, low_in, logits)
+                best, scores_b, low_b = decode(
+                    predictor, coords, labels, boxes, low_in, logits, best_only=True
+                )
+                assert best.shape == (b, 90, 150)
+                np.testing.assert_array_equal(best, full[np.arange(b), scores.argmax(1)])
+                np.testing.assert_array_equal(scores_b, scores)
+                np.testing.assert_array_equal(low_b, low)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_tracked_keeps_identity_through_exit_and_return(embedded, videos) -> None:

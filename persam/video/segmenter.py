@@ -159,8 +159,8 @@ class VideoSegmenter:
 
     def _fit(self, predictor, obj: VideoObject, sim0, gt, key, trace, logger, name) -> None:
         """PerSAM-F: fit the mixing weights on frame 0 with the frame-1 prompts of the object."""
-        coords, labels = self._prompt(sim0, gt)
         box = mask_box(gt, self.policy.box_margin) if self.policy.box_prompt else None
+        coords, labels = self._prompt(sim0, box)
         with torch.no_grad():
             high, _, _ = predictor.predict(
                 point_coords=coords,
@@ -189,11 +189,11 @@ class VideoSegmenter:
             trace[f"{key}/weights"] = obj.weights
 
     # -- prompts ---------------------------------------------------------------------------
-    def _prompt(self, sim: torch.Tensor, source: np.ndarray | None):
-        """Top-k points of `sim` (H, W), then the centre of `source`'s expanded box."""
+    def _prompt(self, sim: torch.Tensor, box: np.ndarray | None):
+        """Top-k points of `sim` (H, W), then the centre of `box` (the box source's expanded
+        box, None without one)."""
         coords, labels = location_prior.select_points(sim, negative=False, topk=self.topk)
-        if source is not None and self.policy.box_prompt and self.policy.center_point:
-            box = mask_box(source, self.policy.box_margin)
+        if box is not None and self.policy.center_point:
             centre = np.array([[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2]], dtype=np.int64)
             coords = np.concatenate([coords, centre])
             labels = np.concatenate([labels, [1]])
@@ -216,11 +216,11 @@ class VideoSegmenter:
             sim = sims[b] if sims is not None and sims[b] is not None else None
             if sim is None:
                 sim = location_prior.similarity_map(predictor, obj.feature)
-            coords, labels = self._prompt(sim, source)
-            prompts.append((coords, labels))
             box = None
             if source is not None and policy.box_prompt:
                 box = mask_box(source, policy.box_margin)
+            coords, labels = self._prompt(sim, box)
+            prompts.append((coords, labels))
             boxes.append(box)
             if trace is not None:
                 rec[f"{key}/topk_xy"] = coords[: self.topk]
