@@ -1,7 +1,9 @@
 """Benchmark video segmentation: `persam.video` against the official scripts' loop.
 
 For 1, 2 and 4 objects on one synthetic sequence (frames of `data=synthetic_video`, objects =
-the first k of a fixed set of masks), same model, one run each, it times
+the first k of a fixed set of discs, placed so that with the embedded model no object vanishes
+from the label maps: both loops then decode every object on every frame), same model, one run
+each, it times
 
 (a) the official loop (`persam_video.py` / `persam_video_f.py`): frame 0 encoded once per
     object, then per frame one encoding and, object by object, three decoder passes; PerSAM-F
@@ -13,8 +15,11 @@ the first k of a fixed set of masks), same model, one run each, it times
     hash of the encoder's weights in the cache key is computed once per process (in the
     warm-up); each round gets a new, empty cache folder, so every frame is encoded and stored.
 
-and prints frames per second (whole sequence, frame 0's learning included), the ratio, and
-PerSAM-F's per-object fit time (the whole `fit_scale_weights` call) and its ratio. The fused
+and prints frames per second (whole sequence, frame 0's learning included), the ratio, the
+prompts SAM's mask decoder decoded on frames 1..T-1 by each loop (official/ours: the same work
+when equal; tracked mode skips an object it finds absent, and the official loop keeps decoding
+it), and PerSAM-F's per-object fit time (the whole `fit_scale_weights` call) and its ratio. The
+fused
 kernel is compiled before the timed runs (once per process; saved in the compile cache). With
 `--rounds N` the two alternate N times and every figure is a median (fps over rounds, fit
 times over rounds x objects): other processes share the machine. `--arch vit_b` times SAM
@@ -87,12 +92,25 @@ def sequence(frames: int, objects: int):
     labels = np.zeros((h, w), np.uint8)
     yy, xx = np.mgrid[:h, :w]
     for k in range(objects):
-        cy, cx = h * (0.3 + 0.4 * (k // 2)), w * (0.25 + 0.5 * (k % 2))
+        cy, cx = h * (0.25 + 0.5 * (k // 2)), w * (0.2 + 0.6 * (k % 2))
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 < (0.12 * min(h, w)) ** 2] = k + 1
     return images, labels
 
 
-def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict:
+class DecoderPrompts:
+    """Counts the prompts SAM's mask decoder decodes (its batch size, summed over its calls)."""
+
+    def __init__(self, sam) -> None:
+        self.count = 0
+        sam.mask_decoder.register_forward_pre_hook(self._add, with_kwargs=True)
+
+    def _add(self, module, args, kwargs) -> None:
+        self.count += kwargs["sparse_prompt_embeddings"].shape[0]
+
+
+def official_loop(
+    sam, images, labels, fine_tuned: bool, fit_steps: int, prompts: DecoderPrompts
+) -> dict:
     """What the scripts do, with the stock predictor (timing baseline)."""
     predictor = SamPredictor(sam)
     ids = [int(v) for v in np.unique(labels) if v]
@@ -130,6 +148,7 @@ def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict
             weights.append(mix)
             fit_seconds.append(time.perf_counter() - tf)
     sources = [labels == i for i in ids]
+    start = prompts.count
     for image in images[1:]:
         predictor.set_image(image)
         logits = []
@@ -162,7 +181,8 @@ def official_loop(sam, images, labels, fine_tuned: bool, fit_steps: int) -> dict
         label_map = merge_logits(logits, list(range(1, len(ids) + 1)), labels.shape)
         sources = [label_map == v for v in np.unique(label_map) if v]
         sources += [labels == 0] * (len(ids) - len(sources))  # keep the slot count (timing)
-    return {"seconds": time.perf_counter() - t0, "fit_seconds": fit_seconds}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "fit_seconds": fit_seconds, "prompts": prompts.count - start}
 
 
 def ours(
@@ -172,6 +192,7 @@ def ours(
     fine_tuned: bool,
     fit_steps: int,
     cache_dir: Path,
+    prompts: DecoderPrompts,
     loop: str = "plain",
 ) -> dict:
     sam = encoder.sam
@@ -183,11 +204,13 @@ def ours(
     segmenter = VideoSegmenter(method, VideoPolicy(mode="tracked", fit_steps=fit_steps))
     t0 = time.perf_counter()
     objects = segmenter.learn(images[0], labels)
+    start = prompts.count
     frames = ((i, images[i]) for i in range(1, len(images)))
     for _ in segmenter.run(objects, labels, frames):
         pass
+    seconds = time.perf_counter() - t0
     fits = [o.fit.seconds for o in objects if o.fit is not None]
-    return {"seconds": time.perf_counter() - t0, "fit_seconds": fits}
+    return {"seconds": seconds, "fit_seconds": fits, "prompts": prompts.count - start}
 
 
 def main(argv=None) -> None:
@@ -201,35 +224,44 @@ def main(argv=None) -> None:
     print(f"fit loop={args.loop} rounds={args.rounds}")
     warm = sequence(3, 1)
     encoder = Encoder(sam)  # one per run, as `persam.video` builds it
+    prompts = DecoderPrompts(sam)
     with tempfile.TemporaryDirectory() as tmp:
-        ours(encoder, *warm, False, 5, Path(tmp))  # load / compile / fingerprint once
+        ours(encoder, *warm, False, 5, Path(tmp), prompts)  # load / compile / fingerprint once
         if "persam_f" in args.methods:
-            ours(encoder, *warm, True, 5, Path(tmp), args.loop)
+            ours(encoder, *warm, True, 5, Path(tmp), prompts, args.loop)
             # Compile the direct pass too (a 5-step Taylor fit may not reach it): once per
             # process, not part of a fit's time (FitResult.compile_seconds).
             logits = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
             fit_scale_weights(logits, logits[0] > 0, steps=1, backend="fused")
     print(f"{'method':<9}{'objects':>8}{'official fps':>14}{'ours fps':>10}{'ratio':>8}"
-          f"{'fit official s':>16}{'fit ours s':>12}{'fit ratio':>10}")  # fmt: skip
+          f"{'prompts':>10}{'fit official s':>16}{'fit ours s':>12}{'fit ratio':>10}")  # fmt: skip
+    unequal = False
     for method in args.methods:
         fine = method == "persam_f"
         for k in args.objects:
             images, labels = sequence(args.frames, k)
-            fps_b, fps_o, fit_b, fit_o = [], [], [], []
+            fps_b, fps_o, fit_b, fit_o, counts = [], [], [], [], set()
             for _ in range(args.rounds):
                 with tempfile.TemporaryDirectory() as tmp:
-                    b = official_loop(sam, images, labels, fine, args.fit_steps)
-                    o = ours(encoder, images, labels, fine, args.fit_steps, Path(tmp), args.loop)
+                    b = official_loop(sam, images, labels, fine, args.fit_steps, prompts)
+                    o = ours(
+                        encoder, images, labels, fine, args.fit_steps, Path(tmp), prompts, args.loop
+                    )
                 fps_b.append(len(images) / b["seconds"])
                 fps_o.append(len(images) / o["seconds"])
                 fit_b += b["fit_seconds"]
                 fit_o += o["fit_seconds"]
+                counts.add(f"{b['prompts']}/{o['prompts']}")
+                unequal |= b["prompts"] != o["prompts"]
             fb, fo = np.median(fps_b), np.median(fps_o)
             line = f"{method:<9}{k:>8}{fb:>14.2f}{fo:>10.2f}{fo / fb:>8.2f}"
+            line += f"{','.join(sorted(counts)):>10}"
             if fine:
                 fb, fo = np.median(fit_b), np.median(fit_o)
                 line += f"{fb:>16.2f}{fo:>12.3f}{fb / fo:>10.1f}"
             print(line, flush=True)
+    if unequal:
+        print("prompts differ: the two loops did not do the same decoder work (see the docstring)")
 
 
 if __name__ == "__main__":
