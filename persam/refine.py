@@ -75,7 +75,7 @@ def decode(
     coords (B, N, 2) (x, y) original pixels or None, labels (B, N), boxes (B, 4) or None,
     mask_input (B, 1, h, w) or None -> masks (B, 3, H, W) (bool, or logits with
     `return_logits`), scores (B, 3), low-res logits (B, 3, h, w). With B = 1 this is exactly
-    `SamPredictor.predict` (same transforms, same `predict_torch` call).
+    `SamPredictor.predict` (same transforms, same module calls as `predict_torch`).
 
     `best_only`: only each prompt's best-scoring mask (first arg-max of its scores) is brought
     to full resolution -> masks (B, H, W), the same values as the full call's, at a third of
@@ -94,10 +94,10 @@ def decode(
     if mask_input is not None:
         mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)
     with torch.no_grad():
-        if best_only and type(predictor).predict_torch is SamPredictor.predict_torch:
+        if type(predictor).predict_torch is SamPredictor.predict_torch:
             low, scores = _decode_low_res(predictor, coords_t, labels_t, boxes_t, mask_t)
             scores = scores.cpu().numpy()
-            masks = _upsample(predictor, low, scores.argmax(axis=1))
+            masks = _upsample(predictor, low, scores.argmax(axis=1) if best_only else None)
             if not return_logits:
                 masks = masks > predictor.model.mask_threshold
             return masks.cpu().numpy(), scores, low.cpu().numpy()
@@ -126,22 +126,29 @@ def _decode_low_res(predictor: SamPredictor, coords, labels, boxes, mask_input):
     )
 
 
-def _upsample(predictor: SamPredictor, low: torch.Tensor, best: np.ndarray) -> torch.Tensor:
-    """`postprocess_masks` of mask best[b] of each low (B, 3, h, w) -> logits (B, H, W).
+def _upsample(
+    predictor: SamPredictor, low: torch.Tensor, best: np.ndarray | None = None
+) -> torch.Tensor:
+    """`postprocess_masks` of low-res logits (B, M, h, w) -> (B, M, H, W); with `best` (B,),
+    only mask best[b] of each -> (B, H, W).
 
-    The picked masks go through it three at a time (the last group padded with copies), as
-    SAM's three masks do: PyTorch's CPU bilinear interpolation chooses its kernel by the channel
-    count (and thread count), so this gives the bits that upsampling all three masks gives.
+    It runs on M masks at a time, as `predict_torch` does on one prompt: PyTorch's CPU bilinear
+    interpolation picks its kernel by the channel count (and thread count), and the batch
+    dimension changes no value, so these are the bits of upsampling each prompt's M masks; the
+    picked masks are grouped M to a call (the last group padded with copies). One call per group
+    keeps its planes in the CPU cache (faster than one call over the batch).
     """
     b, m = low.shape[:2]
-    picked = low[torch.arange(b, device=low.device), torch.as_tensor(best, device=low.device)]
-    groups = -(-b // m)
-    if groups * m > b:
-        picked = torch.cat([picked, picked[-1:].expand(groups * m - b, -1, -1)])
-    full = predictor.model.postprocess_masks(
-        picked.reshape(groups, m, *low.shape[-2:]), predictor.input_size, predictor.original_size
-    )
-    return full.reshape(groups * m, *full.shape[-2:])[:b]
+    groups = low
+    if best is not None:
+        picked = low[torch.arange(b, device=low.device), torch.as_tensor(best, device=low.device)]
+        n = -(-b // m)
+        if n * m > b:
+            picked = torch.cat([picked, picked[-1:].expand(n * m - b, -1, -1)])
+        groups = picked.reshape(n, m, *low.shape[-2:])
+    size = (predictor.input_size, predictor.original_size)
+    full = torch.cat([predictor.model.postprocess_masks(g[None], *size) for g in groups])
+    return full if best is None else full.reshape(-1, *full.shape[-2:])[:b]
 
 
 def cascaded_refinement(
