@@ -84,10 +84,11 @@ def test_refinement_on_an_empty_mask_raises_or_runs_without_a_box(embedded) -> N
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_best_only_decode_gives_the_full_calls_best_masks_bit_for_bit(embedded, threads) -> None:
-    """The refinement passes upsample only each prompt's best mask; the values must be the
-    ones upsampling all three gives (PyTorch's CPU interpolation picks its kernel by the
-    channel and thread counts), for 1, 2 and 4 objects in one call."""
+def test_decode_gives_sams_masks_bit_for_bit_and_best_only_its_best(embedded, threads) -> None:
+    """`decode` runs SAM's decoder and upsampling itself (three masks per call; the refinement
+    passes only each prompt's best mask): the values must be `SamPredictor.predict_torch`'s
+    (PyTorch's CPU interpolation picks its kernel by the channel and thread counts), for 1, 2
+    and 4 objects in one call."""
     rng = np.random.default_rng(0)
     predictor = Encoder(embedded).set_image(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8))
     before = torch.get_num_threads()
@@ -98,8 +99,18 @@ def test_best_only_decode_gives_the_full_calls_best_masks_bit_for_bit(embedded, 
             labels = np.ones((b, 2), np.int64)
             boxes = np.array([[10, 5, 120, 80]] * b)
             low_in = rng.normal(size=(b, 1, 64, 64)).astype(np.float32)
+            prompts = (
+                torch.as_tensor(predictor.transform.apply_coords(coords, (90, 150))).float(),
+                torch.as_tensor(labels),
+                torch.as_tensor(predictor.transform.apply_boxes(boxes, (90, 150))).float()[:, None],
+                torch.as_tensor(low_in),
+            )
             for logits in (True, False):
+                with torch.no_grad():
+                    sams = predictor.predict_torch(*prompts, return_logits=logits)
                 full, scores, low = decode(predictor, coords, labels, boxes, low_in, logits)
+                for ours, theirs in zip((full, scores, low), sams, strict=True):
+                    np.testing.assert_array_equal(ours, theirs.numpy())
                 best, scores_b, low_b = decode(
                     predictor, coords, labels, boxes, low_in, logits, best_only=True
                 )
