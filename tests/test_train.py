@@ -265,3 +265,26 @@ def test_batches_carry_visible_distractors_without_changing_the_pairs():
     assert (rich["group"] >= rich["mask"]).all()
     for j, (h, w) in enumerate(rich["valid"].tolist()):
         assert not others[j, :, h:, :].any() and not others[j, :, :, w:].any()
+
+
+def test_schedule_steps_sets_the_cosine_length_apart_from_max_steps():
+    import lightning as L
+
+    from persam.training.module import EmbeddedSamModule
+
+    def lrs(max_steps: int, schedule_steps=None) -> list[float]:
+        module = EmbeddedSamModule(ARCH, warmup_steps=2, schedule_steps=schedule_steps)
+        module.trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False)
+        conf = module.configure_optimizers()
+        opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(max_steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    full = lrs(20)
+    stopped = lrs(12, schedule_steps=20)  # a run of 20 steps cut after 12
+    assert stopped == full[:12]
+    assert lrs(12) != full[:12]  # without it, the schedule would end at step 12

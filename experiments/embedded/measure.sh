@@ -38,4 +38,8 @@ $PY -m persam.video -m method=persam,persam_f video=official,tracked \
     backbone=embedded "backbone.checkpoint=$CKPT" logger=none progress=false \
     "hydra.sweep.dir=$OUT/video"
 $PY -m persam.report "$OUT/video" > /dev/null
+log "synthetic videos: per-frame PerSAM baseline (no temporal prompt)"
+$PY -m persam.video video.box_prompt=false video.center_point=false \
+    backbone=embedded "backbone.checkpoint=$CKPT" logger=none progress=false \
+    "hydra.run.dir=$OUT/video_per_frame"
 echo "done: $OUT (report.md in each sweep folder)"

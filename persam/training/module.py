@@ -118,6 +118,7 @@ class EmbeddedSamModule(L.LightningModule):
         loss_size: int = 128,
         extra_weight: float = 1.0,
         multimask: str = "min",
+        schedule_steps: int | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -371,7 +372,9 @@ class EmbeddedSamModule(L.LightningModule):
             ],
             lr=self.hparams.lr,
         )
-        total = max(1, int(self.trainer.max_steps))
+        # the cosine schedule's length: the run's max_steps, or `schedule_steps` (to repeat a run
+        # that a time limit stopped before its last step)
+        total = max(1, int(self.hparams.schedule_steps or self.trainer.max_steps))
         warmup = min(int(self.hparams.warmup_steps), total // 2)
         floor = float(self.hparams.min_lr_ratio)
 
