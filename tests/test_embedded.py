@@ -28,8 +28,9 @@ from persam.method import PerSAM
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "embedded_sam.pth"
 
-# Mean IoU of PerSAM (conf/method/persam.yaml) over the scene pairs below: 0.64 measured with the
-# shipped weights (the held-out split's mIoU is 0.67, experiments/embedded/RESULTS.md). A random
+# Mean IoU of PerSAM (conf/method/persam.yaml) over the scene pairs below: 0.74 measured with the
+# shipped v2 weights, 0.64 with v1 (the held-out split's mIoU is 0.76 / 0.67,
+# experiments/embedded/RESULTS.md). A random
 # point or a whole-image mask scores below 0.25, a broken location prior ~0.3, random weights
 # ~0.06, the previous (700-step) checkpoint 0.50: 0.55 separates a working checkpoint from a
 # broken or weaker one.
