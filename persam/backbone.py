@@ -9,7 +9,6 @@ and `finish` from here.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -34,6 +33,7 @@ from persam.architecture import (
     parameter_shapes,
     record_architecture,
 )
+from persam.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +325,10 @@ def checkpoint_record(path: Path) -> tuple[Path, dict | None]:
     if not isinstance(record, dict):
         return beside, None
     digest = record.get("sha256")
-    if digest and digest != _sha256(path):
+    if digest and digest != sha256_file(path):
         log.warning("Ignoring the record %s: its sha256 is not %s's", beside, path)
         return beside, None
     return beside, record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shape_differences(expected: Mapping, found: Mapping, limit: int = 3) -> str:

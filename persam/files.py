@@ -6,6 +6,7 @@ checkpoint and its record) goes through :func:`atomic_write` or :func:`replacing
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-__all__ = ["atomic_write", "generated_folder", "replacing"]
+__all__ = ["atomic_write", "generated_folder", "replacing", "sha256_file"]
 
 
 @contextmanager
@@ -87,3 +88,12 @@ def generated_folder(
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

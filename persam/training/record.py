@@ -24,8 +24,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from persam.backbone import build_sam
-from persam.files import atomic_write, replacing
+from persam.backbone import build_sam, checkpoint_record
+from persam.files import atomic_write, replacing, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class TrainingRecord(L.Callback):
             "final_losses": _mean(rows[-window:]) if rows else {},
             "parameters": sum(p.numel() for p in pl_module.sam.parameters()),
             "bytes": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor() or ''} ".strip()
@@ -177,15 +177,9 @@ def previous_chain(init_from: str | None) -> list[dict[str, Any]]:
     (`embedded_sam.json`); [] for a random start or weights without a record."""
     if not init_from:
         return []
-    beside = Path(init_from).with_suffix(".json")
-    if not beside.is_file():
+    _, prev = checkpoint_record(Path(init_from))
+    if prev is None:  # none, unreadable, or another file's (the last two with a warning)
         log.warning("No training record beside %s: the record's chain starts here", init_from)
-        return []
-    prev = json.loads(beside.read_text())
-    if prev.get("sha256") and prev["sha256"] != _sha256(Path(init_from)):
-        log.warning(
-            "%s does not describe %s (sha256 differs): chain not carried", beside, init_from
-        )
         return []
     if "chain" in prev:
         return list(prev["chain"])
@@ -222,16 +216,6 @@ def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def record_markdown(rec: dict[str, Any]) -> str:
