@@ -225,13 +225,19 @@ def test_persam_f_multi_instance(embedded, heldout):
     from persam.encoder import Encoder
     from persam.method import PerSAMF
 
-    ref, ref_mask, image, labels = _two_copies(heldout, "obj00_blob")
     method = PerSAMF(
         embedded, Encoder(embedded), instances="auto", scale_weights={"steps": 30, "fused": "eager"}
     )
-    target = method.learn(ref, ref_mask)
-    pred = method.segment(image, target)
-    assert match_instances(pred.instance_map(), labels)["found"] == 2
+    found = 0
+    names = sorted(p.name for p in (heldout / "Images").iterdir())
+    for name in names:
+        ref, ref_mask, image, labels = _two_copies(heldout, name)
+        pred = method.segment(image, method.learn(ref, ref_mask))
+        assert len(pred.instances) >= 1
+        found += match_instances(pred.instance_map(), labels)["found"]
+    # measured: 8 (v1 embedded model) and 10 (v2) of the 12 copies; one instance per image
+    # could find at most 6
+    assert found >= 8, found
 
 
 # ----------------------------------------------------------------------------- synthetic world

@@ -208,6 +208,9 @@ def build_method(
             raise DemoInputError(f"PerSAM-F fit steps must be at least 1, got {fit_steps}.")
         cfg["scale_weights"]["steps"] = int(fit_steps)
     if "scale_weights" in cfg and fit_report is not None:
+        # the page follows the fit through a Trainer callback: fit with the Trainer loop (the
+        # same weights as the plain loop, ~1 ms a step instead of ~0.1 ms)
+        cfg["scale_weights"]["loop"] = "trainer"
         trainer = functools.partial(trainer or L.Trainer, callbacks=[FitProgress(fit_report)])
     try:
         return instantiate(OmegaConf.create(cfg), sam=sam, encoder=encoder, trainer=trainer)
