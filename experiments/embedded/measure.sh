@@ -4,6 +4,7 @@
 # CHECKPOINT defaults to the shipped embedded model, OUT to outputs/embedded_measure/<time>.
 # PerSeg-mini needs ../shared/golden/perseg-mini (three real PerSeg objects; skipped without it).
 # Each block is a plain persam command; the sweeps' tables come from persam.report.
+# Runs `python` (the active venv); PYTHON=.venv/bin/python picks another interpreter.
 set -euo pipefail
 CKPT=${1:-persam/weights/embedded_sam.pth}
 OUT=${2:-outputs/embedded_measure/$(date -u +%Y-%m-%d_%H-%M-%S)}

@@ -6,6 +6,7 @@
 # stage 2 continues from it with the nested part/object/group multimask targets. On the 2-core
 # CPU: ~46 + ~95 min. With a GPU add trainer=gpu to both (minutes; the numbers will differ
 # slightly from the CPU run's).
+# Runs `python` (the active venv); PYTHON=.venv/bin/python picks another interpreter.
 set -euo pipefail
 OUT=${1:-outputs/train/embedded}
 PY=${PYTHON:-python}
