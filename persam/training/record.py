@@ -62,6 +62,8 @@ class TrainingRecord(L.Callback):
         self.record: dict[str, Any] = {}
         self._start = time.perf_counter()
         self._fit_start = self._start
+        #: the stages behind `train.init_from`'s weights (read when training starts)
+        self.previous: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
@@ -133,22 +135,7 @@ class TrainingRecord(L.Callback):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             **_git(),
         }
-        stage = {
-            k: rec[k]
-            for k in (
-                "command",
-                "init_from",
-                "steps",
-                "total_seconds",
-                "cpu_seconds",
-                "sha256",
-                "git_commit",
-                "date",
-            )
-            if k in rec
-        }
-        stage["multimask"] = module.get("multimask", "min")
-        rec["chain"] = [*getattr(self, "previous", []), stage]
+        rec["chain"] = [*self.previous, chain_stage(rec)]
         self.record = rec
         texts = {
             "embedded_sam.json": json.dumps(rec, indent=2) + "\n",
@@ -181,12 +168,16 @@ def previous_chain(init_from: str | None) -> list[dict[str, Any]]:
     if prev is None:  # none, unreadable, or another file's (the last two with a warning)
         log.warning("No training record beside %s: the record's chain starts here", init_from)
         return []
-    if "chain" in prev:
-        return list(prev["chain"])
+    return list(prev["chain"]) if "chain" in prev else [chain_stage(prev)]
+
+
+def chain_stage(rec: dict[str, Any]) -> dict[str, Any]:
+    """A training record's entry in the chain of stages (records written before the chain
+    existed included: their multimask loss was SAM's min over three)."""
     keys = ("command", "init_from", "steps", "total_seconds", "cpu_seconds", "sha256")
-    first = {k: prev[k] for k in (*keys, "git_commit", "date") if k in prev}
-    first["multimask"] = prev.get("module", {}).get("multimask", "min")
-    return [first]
+    stage = {k: rec[k] for k in (*keys, "git_commit", "date") if k in rec}
+    stage["multimask"] = rec.get("module", {}).get("multimask", "min")
+    return stage
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
