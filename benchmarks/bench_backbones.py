@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
-from persam.encoder import Encoder
+from persam.model.encoder import Encoder
 
 # backbone -> the module its optional dependency group provides (None: always there)
 BACKBONES = {

@@ -65,7 +65,7 @@ def section_fit(args, out) -> None:
     import torch
     from bench_persam_f_fit import load_reference, official_seconds
 
-    from persam.scale_weights import fit_scale_weights
+    from persam.model.scale_weights import fit_scale_weights
 
     predict, gt, ref = load_reference(args.golden, "cat", device="cuda")
     logits = torch.as_tensor(predict())
@@ -103,7 +103,7 @@ def section_fit(args, out) -> None:
 def section_encoder(args, out) -> None:
     import torch
 
-    from persam.backbone import build_sam
+    from persam.backbones.sam import build_sam
 
     sam = build_sam(name="vit_h", checkpoint=None, device="cuda", **vit_h_arch())
     x = torch.randn(1, 3, 1024, 1024, device="cuda")
@@ -125,9 +125,9 @@ def section_persam(args, out) -> None:
     import cv2
     import torch
 
-    from persam.backbone import build_sam
-    from persam.encoder import Encoder
-    from persam.method import PerSAM
+    from persam.backbones.sam import build_sam
+    from persam.model.encoder import Encoder
+    from persam.model.method import PerSAM
 
     def rgb(p):
         return cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)

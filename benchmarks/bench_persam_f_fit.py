@@ -70,7 +70,7 @@ def load_reference(golden: Path, obj: str, device: str = "cpu"):
     import torch
     from segment_anything import SamPredictor
 
-    from persam.backbone import build_sam
+    from persam.backbones.sam import build_sam
 
     ref = np.load(golden / "reference" / "persam_f" / f"{obj}.npz")
     arch = json.loads((golden / "tiny_sam.json").read_text())
@@ -99,7 +99,7 @@ def official_seconds(
     extrapolated to all ``total`` steps."""
     import torch
 
-    from persam.losses import dice_loss, focal_loss
+    from persam.model.losses import dice_loss, focal_loss
 
     target = torch.from_numpy(gt).float().reshape(1, -1).to(device)
     mw = torch.nn.Parameter(torch.ones(2, 1, device=device) / 3)
@@ -124,7 +124,7 @@ def official_seconds(
 
 def fit_once(logits, gt, backend: str):
     """The fit's result, with ``cpu_seconds`` (process CPU time of the whole call) added."""
-    from persam.scale_weights import fit_scale_weights
+    from persam.model.scale_weights import fit_scale_weights
 
     kw = {"backend": "fused", "fused": "eager"} if backend == "eager" else {"backend": backend}
     c0 = time.process_time()

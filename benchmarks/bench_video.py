@@ -8,7 +8,7 @@ each, it times
 (a) the official loop (`persam_video.py` / `persam_video_f.py`): frame 0 encoded once per
     object, then per frame one encoding and, object by object, three decoder passes; PerSAM-F
     first fits each object's weights with 800 decoder passes + autograd dice/focal + AdamW;
-(b) `persam.video.segmenter.VideoSegmenter` (tracked mode): frame 0 encoded once (embedding
+(b) `persam.tasks.video.segmenter.VideoSegmenter` (tracked mode): frame 0 encoded once (embedding
     cache), the same three passes per object, PerSAM-F's fit by `fit_scale_weights` (one
     decoder pass, then the method's fit: Taylor backend, plain PyTorch loop; `--loop trainer`
     times the Lightning Trainer instead). As in a run, one `Encoder` serves every sequence: the
@@ -51,16 +51,16 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
-from persam import location_prior  # noqa: E402
-from persam.cache import EmbeddingCache  # noqa: E402
+from persam.model import location_prior  # noqa: E402
+from persam.model.cache import EmbeddingCache  # noqa: E402
 from persam.conf import CONFIG_DIR  # noqa: E402
 from persam.data.synthetic_video import render_sequence  # noqa: E402
-from persam.encoder import Encoder  # noqa: E402
-from persam.method import PerSAM, PerSAMF  # noqa: E402
-from persam.refine import mask_box  # noqa: E402
-from persam.scale_weights import fit_scale_weights, reference_loss  # noqa: E402
-from persam.video.policy import VideoPolicy  # noqa: E402
-from persam.video.segmenter import VideoSegmenter, merge_logits  # noqa: E402
+from persam.model.encoder import Encoder  # noqa: E402
+from persam.model.method import PerSAM, PerSAMF  # noqa: E402
+from persam.model.refine import mask_box  # noqa: E402
+from persam.model.scale_weights import fit_scale_weights, reference_loss  # noqa: E402
+from persam.tasks.video.policy import VideoPolicy  # noqa: E402
+from persam.tasks.video.segmenter import VideoSegmenter, merge_logits  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,7 +7,13 @@ Importing the package registers the OmegaConf resolvers used by ``conf/``:
 - ``${persam_sweep:}``: the multirun folder's name in a sweep job, else null (the W&B group).
 - ``${persam_job:}``: the job's name, its overrides joined (or the task name) (the W&B run name).
 
-It also stores the config schemas of `persam.schema` in Hydra's ConfigStore.
+It also stores the config schemas of `persam.app.schema` in Hydra's ConfigStore.
+
+The Python API (loaded on first use, so `import persam` stays light):
+
+    sam = persam.build_sam("embedded")        # persam.api.build_sam
+    model = persam.PerSAM(sam)                # persam.model.method.PerSAM / PerSAMF
+    prediction = model.segment(test_image, model.learn(reference_image, reference_mask))
 """
 
 from __future__ import annotations
@@ -65,10 +71,36 @@ _register_resolvers()
 
 def _register_schemas() -> None:
     try:
-        from persam.schema import register
+        from persam.app.schema import register
     except ImportError:  # pragma: no cover - hydra is a dependency; stay importable anyway
         return
     register()
 
 
 _register_schemas()
+
+
+_API = {
+    "build_sam": "persam.api",
+    "example": "persam.data.synthetic.disk",
+    "PerSAM": "persam.model.method",
+    "PerSAMF": "persam.model.method",
+    "Target": "persam.model.method",
+    "Prediction": "persam.model.method",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    """The public API, imported when first used (PEP 562)."""
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'persam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from persam.preflight import IGNORED_KEYS
+from persam.app.preflight import IGNORED_KEYS
 
 METRICS = ("miou", "mbiou", "macc")
 

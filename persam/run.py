@@ -4,7 +4,7 @@ python -m persam.run method=persam_f data=perseg data.root=/data/PerSeg backbone
 python -m persam.run -m method=persam,persam_f          # both methods, side by side
 
 Compose -> instantiate (backbone, cache, method, data, logger) -> run the dataset's task with
-the runner (`persam.runner`) -> return the run's main metric.
+the runner (`persam.tasks.runner`) -> return the run's main metric.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam.backbone import BackboneError, is_random
+from persam.backbones.sam import BackboneError, is_random
 from persam.conf import CONFIG_DIR
-from persam.encoder import Encoder
-from persam.loggers import RunLogger
-from persam.preflight import (
+from persam.model.encoder import Encoder
+from persam.tasks.loggers import RunLogger
+from persam.app.preflight import (
     PreflightError,
     check_device,
     claim_run_dir,
     resume_argv,
     warn_model_reach,
 )
-from persam.runner import RunInterrupted, Runner
-from persam.schema import ConfigError, check_config, check_overrides
+from persam.tasks.runner import RunInterrupted, Runner
+from persam.app.schema import ConfigError, check_config, check_overrides
 
 log = logging.getLogger("persam.run")
 
@@ -92,12 +92,14 @@ def build_method(cfg: DictConfig, **runtime):
 
 
 def build_dataset(cfg: DictConfig):
-    """`cfg.data`; a bad dataset (`DataError`: a missing file, a bad field) stops with its
-    message, which names the file or field and the fix."""
+    """`cfg.data` without its `task` entry; a bad dataset (`DataError`: a missing file, a bad
+    field) stops with its message, which names the file or field and the fix."""
     from persam.data.perseg import DataError
 
+    from persam.data import build_dataset as dataset_of
+
     try:
-        return instantiate(cfg.data)
+        return dataset_of(cfg.data)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, DataError):
             log.error("%s", exc.__cause__)
@@ -105,12 +107,34 @@ def build_dataset(cfg: DictConfig):
         raise
 
 
-def preflight(cfg: DictConfig, run_dir: Path) -> bool:
-    """Config values, GPU, run folder (persam/preflight.py): stop once, before any work, then
+#: The entry point that runs each task, for the message when a dataset reaches the wrong one.
+TASK_ENTRY = {
+    "persam.tasks.objects.ObjectTask": "python -m persam.run",
+    "persam.tasks.episodes.EpisodeTask": "python -m persam.run",
+    "persam.tasks.video.task.VideoTask": "python -m persam.video",
+}
+
+
+def check_task(cfg: DictConfig, runs: tuple[str, ...], entry: str) -> None:
+    """Refuse, in one line, a dataset whose task (`cfg.data.task`) this entry point does not
+    run, naming the entry point that does."""
+    task = cfg.data.get("task")
+    target = task.get("_target_") if task is not None else None
+    if target in runs:
+        return
+    choice = HydraConfig.get().runtime.choices.get("data", "?")
+    other = TASK_ENTRY.get(target)
+    hint = f"run it with `{other} data={choice}`" if other else "its config names no `task`"
+    raise ConfigError(f"data={choice} is not a dataset {entry} runs: {hint}.")
+
+
+def preflight(cfg: DictConfig, run_dir: Path, runs: tuple[str, ...], entry: str) -> bool:
+    """Config values, GPU, run folder (persam/app/preflight.py): stop once, before any work, then
     record the config in `run_dir/.hydra`. True when an interrupted run there is continued."""
     hc = HydraConfig.get()
     try:
         check_overrides(list(hc.overrides.task))
+        check_task(cfg, runs, entry)
         check_config(cfg)
         check_device(cfg)
         return claim_run_dir(run_dir, cfg, hc)
@@ -119,14 +143,23 @@ def preflight(cfg: DictConfig, run_dir: Path) -> bool:
         raise SystemExit(2) from exc
 
 
-def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
+IMAGE_TASKS = ("persam.tasks.objects.ObjectTask", "persam.tasks.episodes.EpisodeTask")
+
+
+def run(
+    cfg: DictConfig,
+    task_options: dict | None = None,
+    runs: tuple[str, ...] = IMAGE_TASKS,
+    entry: str = "python -m persam.run",
+) -> dict:
     """Compose -> instantiate -> run the dataset's task; returns the metrics summary.
 
-    `task_options`: extra keyword arguments of the task (e.g. the video policy)."""
+    `task_options`: extra keyword arguments of the task (e.g. the video policy); `runs`: the
+    task classes this entry point runs (`cfg.data.task`), `entry` its name for messages."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    preflight(cfg, run_dir)
+    preflight(cfg, run_dir, runs, entry)
 
     sam = build_backbone(cfg)
     warn_model_reach(cfg, sam)
@@ -140,7 +173,7 @@ def run(cfg: DictConfig, task_options: dict | None = None) -> dict:
         instantiate(cfg.logger) if cfg.get("logger") else None, cfg.max_logged_images
     )
     run_logger.hyperparams(cfg)
-    task = dataset.task(
+    task = instantiate(cfg.data.task)(
         method=method,
         dataset=dataset,
         run_dir=run_dir,
@@ -217,7 +250,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """`python -m persam.run` / `persam-run`; `resume=true hydra.run.dir=DIR` alone continues
-    the run recorded in DIR with its own overrides (`persam.preflight.resume_argv`)."""
+    the run recorded in DIR with its own overrides (`persam.app.preflight.resume_argv`)."""
     sys.argv[1:] = resume_argv(sys.argv[1:])
     main()
 

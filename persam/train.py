@@ -32,7 +32,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import persam  # noqa: F401 - registers the ${persam_weights:...} resolver
-from persam.backbone import CheckpointError
+from persam.backbones.sam import CheckpointError
 from persam.conf import CONFIG_DIR
 from persam.training.memory import TrainingMemoryError
 

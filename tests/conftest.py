@@ -53,7 +53,7 @@ def tiny_arch(golden) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_sam(golden, tiny_arch):
-    from persam.backbone import build_sam
+    from persam.backbones.sam import build_sam
 
     return build_sam(name="tiny", checkpoint=golden / "tiny_sam.pth", device="cpu", **tiny_arch)
 

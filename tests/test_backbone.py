@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from persam.backbone import CheckpointError, build_sam
+from persam.backbones.sam import CheckpointError, build_sam
 from persam.conf import CONFIG_DIR
 
 
@@ -62,7 +62,7 @@ def test_missing_checkpoint_says_where_to_download(tmp_path):
 def test_checkpoint_of_another_architecture_builds_its_own(golden, caplog):
     """The configured width does not fit: the golden checkpoint's own (its shapes and
     tiny_sam.json beside it) is built, with a warning; the weights are the file's."""
-    with caplog.at_level("WARNING", logger="persam.backbone"):
+    with caplog.at_level("WARNING", logger="persam.backbones.sam"):
         sam = build_sam(
             name="tiny",
             checkpoint=golden / "tiny_sam.pth",

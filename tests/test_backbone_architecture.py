@@ -1,5 +1,5 @@
 """A SAM ViT checkpoint that does not fit the configured backbone is built with its own
-architecture, read from its parameter shapes (persam/architecture.py) and the record beside it;
+architecture, read from its parameter shapes (persam/backbones/architecture.py) and the record beside it;
 what cannot be read is refused with the file and the fix."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from omegaconf import OmegaConf
 from segment_anything import sam_model_registry
 
 import persam
-from persam.architecture import checkpoint_architecture, normalise, parameter_shapes
-from persam.backbone import CheckpointError, build_architecture
-from persam.cache import EmbeddingCache
+from persam.backbones.architecture import checkpoint_architecture, normalise, parameter_shapes
+from persam.backbones.sam import CheckpointError, build_architecture
+from persam.model.cache import EmbeddingCache
 from persam.conf import CONFIG_DIR
-from persam.encoder import Encoder
+from persam.model.encoder import Encoder
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 SHIPPED = WEIGHTS / "embedded_sam.pth"
@@ -49,7 +49,7 @@ def _warnings(caplog) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "persam.backbone" and r.levelno == logging.WARNING
+        if r.name == "persam.backbones.sam" and r.levelno == logging.WARNING
     ]
 
 
@@ -86,7 +86,7 @@ def test_a_vit_b_checkpoint_loads_through_any_backbone(tmp_path, caplog):
     state = {k: v.half() for k, v in reference.state_dict().items()}
     path = tmp_path / "sam_vit_b_random.pth"
     torch.save(state, path)
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         sam = _build("backbone=embedded", f"backbone.checkpoint={path}")
     (warning,) = _warnings(caplog)
     assert str(path) in warning and "backbone 'embedded'" in warning
@@ -107,16 +107,16 @@ def test_a_vit_b_checkpoint_loads_through_any_backbone(tmp_path, caplog):
     assert sam.image_encoder.img_size == 1024 and sam.architecture["encoder_depth"] == 12
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         _build("backbone=vit_b", f"backbone.checkpoint={path}")  # it fits vit_b: as before
     assert _warnings(caplog) == []
 
 
 def test_the_embedded_model_under_another_config_predicts_bit_identically(caplog):
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         shipped = _build()
     assert _warnings(caplog) == []  # the config fits: built exactly as configured
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         other = _build("backbone=vit_h", f"backbone.checkpoint={SHIPPED}")
     (warning,) = _warnings(caplog)
     assert "backbone 'vit_h'" in warning and "window_size 14 -> 8" in warning
@@ -130,10 +130,10 @@ def test_the_embedded_model_under_another_config_predicts_bit_identically(caplog
 @pytest.mark.golden
 def test_the_golden_video_model_loads_as_embedded_and_through_any_backbone(golden, caplog):
     path = golden / "video" / "video_sam.pth"
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         as_embedded = _build("backbone=embedded", f"backbone.checkpoint={path}")
     assert _warnings(caplog) == []  # its architecture is the embedded one
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         as_tiny = _build("backbone=tiny", f"backbone.checkpoint={path}")
     (warning,) = _warnings(caplog)
     assert "video_sam.json" in warning  # its record (a plain architecture file) gave the heads
@@ -151,7 +151,7 @@ def test_a_checkpoint_of_another_grid_loads_and_caches_apart(tmp_path, caplog):
         trained = build_architecture(**{**EMBEDDED_ARCH, "image_size": 192, "vit_patch_size": 8})
     path = tmp_path / "grid24.pth"
     torch.save(trained.state_dict(), path)
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         sam = _build("backbone=embedded", f"backbone.checkpoint={path}")
     (warning,) = _warnings(caplog)
     assert "image_size 256 -> 192, vit_patch_size 16 -> 8)" in warning
@@ -201,7 +201,7 @@ def test_a_record_that_contradicts_the_shapes_is_refused(tmp_path, caplog):
 
     # a record of another file (sha256) is ignored, with a warning: the config fits
     record.write_text(json.dumps({"architecture": {"encoder_depth": 2}, "sha256": "0" * 64}))
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         sam = _build("backbone=embedded", f"backbone.checkpoint={copy}")
     assert any("Ignoring the record" in w and str(record) in w for w in _warnings(caplog))
     assert sam.architecture["encoder_depth"] == 4

@@ -17,16 +17,16 @@ import pytest
 import torch
 from helpers import ROOT
 
-from persam.backbone import (
+from persam.backbones.sam import (
     CheckpointError,
     InputSizeError,
     MissingDependencyError,
     build_sam,
     require,
 )
-from persam.cache import EmbeddingCache
-from persam.encoder import Encoder
-from persam.method import PerSAM, PerSAMF
+from persam.model.cache import EmbeddingCache
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM, PerSAMF
 
 SMALL_VIT = dict(
     encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[0]
@@ -272,14 +272,14 @@ def test_mobile_sam_keeps_timms_registry():
 
     assert entry("import mobile_sam.modeling.tiny_vit_sam") != "timm.models.tiny_vit"
     assert (
-        entry("from persam.mobile_sam import tiny_vit_class; tiny_vit_class()")
+        entry("from persam.backbones.mobile_sam import tiny_vit_class; tiny_vit_class()")
         == "timm.models.tiny_vit"
     )
 
 
 def test_mobile_sam_refuses_other_input_sizes():
     pytest.importorskip("mobile_sam")
-    from persam.mobile_sam import build_mobile_sam
+    from persam.backbones.mobile_sam import build_mobile_sam
 
     with pytest.raises(InputSizeError, match=r"backbone.image_size=512.*backbone.image_size=1024"):
         build_mobile_sam(checkpoint="random", image_size=512, device="cpu")
@@ -287,7 +287,7 @@ def test_mobile_sam_refuses_other_input_sizes():
 
 def test_mobile_sam_refuses_a_vit_checkpoint(tmp_path):
     pytest.importorskip("mobile_sam")
-    from persam.mobile_sam import build_mobile_sam
+    from persam.backbones.mobile_sam import build_mobile_sam
 
     path = tmp_path / "sam_vit_tiny.pth"
     vit = build_sam(name="tiny", checkpoint="random", device="cpu", **SMALL_VIT)
@@ -301,7 +301,7 @@ def test_mobile_sam_refuses_a_vit_checkpoint(tmp_path):
 
 def test_missing_mobile_sam_checkpoint_says_where_to_download(tmp_path):
     pytest.importorskip("mobile_sam")
-    from persam.mobile_sam import build_mobile_sam
+    from persam.backbones.mobile_sam import build_mobile_sam
 
     with pytest.raises(CheckpointError) as err:
         build_mobile_sam(checkpoint=str(tmp_path / "mobile_sam.pt"), device="cpu")
@@ -311,7 +311,7 @@ def test_missing_mobile_sam_checkpoint_says_where_to_download(tmp_path):
 
 
 def test_missing_mobile_sam_package_names_the_extra(monkeypatch):
-    from persam.mobile_sam import build_mobile_sam
+    from persam.backbones.mobile_sam import build_mobile_sam
 
     # An entry of None in sys.modules makes `import` fail as if the package were absent.
     monkeypatch.setitem(sys.modules, "mobile_sam.modeling.tiny_vit_sam", None)
@@ -346,8 +346,8 @@ def test_efficientvit_sam_refuses_other_input_sizes():
 
 def test_efficientvit_sam_refuses_vit_fields():
     pytest.importorskip("efficientsam")
-    from persam.backbone import BackboneError
-    from persam.efficientvit_sam import build_efficientvit_sam
+    from persam.backbones.sam import BackboneError
+    from persam.backbones.efficientvit_sam import build_efficientvit_sam
 
     with pytest.raises(BackboneError, match=r"not a ViT.*encoder_depth.*backbone.variant"):
         build_efficientvit_sam(checkpoint="random", device="cpu", encoder_depth=12)
@@ -355,7 +355,7 @@ def test_efficientvit_sam_refuses_vit_fields():
 
 def test_efficientvit_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
     pytest.importorskip("efficientsam")
-    from persam.efficientvit_sam import build_efficientvit_sam
+    from persam.backbones.efficientvit_sam import build_efficientvit_sam
 
     path = tmp_path / "mobile_sam.pt"
     torch.save({"image_encoder.layers.0.blocks.0.conv1.c.weight": torch.zeros(1)}, path)
@@ -367,7 +367,7 @@ def test_efficientvit_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
 
 
 def test_missing_efficientsam_names_the_extra(monkeypatch):
-    from persam.efficientvit_sam import build_efficientvit_sam
+    from persam.backbones.efficientvit_sam import build_efficientvit_sam
 
     monkeypatch.setitem(sys.modules, "efficientsam.models.efficientvit.sam", None)
     with pytest.raises(MissingDependencyError, match=r"persam\[efficientvit_sam\]"):
@@ -385,7 +385,7 @@ def test_sam2_leaves_no_global_hydra():
             sys.executable,
             "-c",
             "from hydra.core.global_hydra import GlobalHydra as G;"
-            "from persam.sam2_model import sam2_class; sam2_class();"
+            "from persam.backbones.sam2 import sam2_class; sam2_class();"
             "print(G.instance().is_initialized())",
         ],
         capture_output=True,
@@ -400,7 +400,7 @@ def test_sam2_location_prior_maps_the_square_resize_back():
     """SAM 2 stretches the image to a square: the similarity map's arg-max must land on the
     image pixel whose features were used (not on SAM's letterboxed position)."""
     need_sam2()
-    from persam import location_prior
+    from persam.model import location_prior
 
     sam = sam2_model()
     image, _ = scene(3, size=(60, 150))  # far from square
@@ -427,7 +427,7 @@ def test_sam2_cache_key_includes_the_no_memory_embedding():
 
 def test_sam2_refuses_a_vit_checkpoint(tmp_path):
     need_sam2()
-    from persam.sam2_model import build_sam2
+    from persam.backbones.sam2 import build_sam2
 
     path = tmp_path / "sam_vit_tiny.pth"
     vit = build_sam(name="tiny", checkpoint="random", device="cpu", **SMALL_VIT)
@@ -439,7 +439,7 @@ def test_sam2_refuses_a_vit_checkpoint(tmp_path):
 
 
 def test_missing_sam2_names_the_extra(monkeypatch):
-    from persam.sam2_model import build_sam2
+    from persam.backbones.sam2 import build_sam2
 
     monkeypatch.setitem(sys.modules, "sam2", None)
     with pytest.raises(MissingDependencyError, match=r"persam\[sam2\]"):
@@ -460,7 +460,7 @@ def test_hf_sam_reads_segment_anything_checkpoints_and_guides_like_it(tmp_path):
     """Through the key map, HF's SamModel is segment_anything's Sam: same features, and the same
     PerSAM output with every component on (official guided attention and semantic prompt)."""
     pytest.importorskip("transformers")
-    from persam.hf_sam import build_hf_sam
+    from persam.backbones.hf_sam import build_hf_sam
 
     sa, path = _sa_checkpoint(tmp_path)
     hf = build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)
@@ -482,9 +482,9 @@ def test_hf_builtin_attention_similarity_is_not_persams_form(tmp_path):
     pytest.importorskip("transformers")
     from segment_anything import SamPredictor
 
-    from persam.decoder import personalize
-    from persam.guided_attention import attention_map
-    from persam.hf_sam import build_hf_sam
+    from persam.model.decoder import personalize
+    from persam.model.guided_attention import attention_map
+    from persam.backbones.hf_sam import build_hf_sam
 
     _, path = _sa_checkpoint(tmp_path)
     hf = build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)
@@ -512,7 +512,7 @@ def test_hf_builtin_attention_similarity_is_not_persams_form(tmp_path):
 
 def test_hf_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
     pytest.importorskip("transformers")
-    from persam.hf_sam import build_hf_sam
+    from persam.backbones.hf_sam import build_hf_sam
 
     path = tmp_path / "mobile_sam.pt"
     torch.save({"image_encoder.layers.0.blocks.0.conv1.c.weight": torch.zeros(1)}, path)
@@ -523,7 +523,7 @@ def test_hf_sam_refuses_a_mobile_sam_checkpoint(tmp_path):
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):
-    from persam.hf_sam import build_hf_sam
+    from persam.backbones.hf_sam import build_hf_sam
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(MissingDependencyError, match=r"backbone=hf_sam.*persam\[hf_sam\]"):
@@ -585,7 +585,7 @@ def test_random_checkpoint_builds_vit_b_with_a_warning(caplog):
     from hydra.utils import instantiate
 
     cfg = compose_backbone("backbone=vit_b", "backbone.checkpoint=random")
-    with caplog.at_level("WARNING", logger="persam.backbone"):
+    with caplog.at_level("WARNING", logger="persam.backbones.sam"):
         sam = instantiate(cfg, device="cpu")
     assert len(sam.image_encoder.blocks) == 12 and not sam.training
     assert "RANDOM weights" in caplog.text and "meaningless" in caplog.text

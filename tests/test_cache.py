@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from persam.cache import EmbeddingCache
+from persam.model.cache import EmbeddingCache
 
 
 def entry() -> dict:
@@ -54,7 +54,7 @@ def _unwritable(tmp_path, how: str):
 def test_unwritable_cache_warns_once_and_goes_on(tmp_path, caplog, how):
     root = _unwritable(tmp_path, how)
     cache = EmbeddingCache(root)
-    with caplog.at_level(logging.WARNING, logger="persam.cache"):
+    with caplog.at_level(logging.WARNING, logger="persam.model.cache"):
         for i in range(3):
             key = f"{i:02d}" + "0" * 38
             assert cache.load(key) is None

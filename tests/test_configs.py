@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from persam.conf import CONFIG_DIR
-from persam.method import PerSAM, PerSAMF
+from persam.model.method import PerSAM, PerSAMF
 
 CONF = Path(CONFIG_DIR)
 
@@ -39,7 +39,7 @@ BACKBONES = [b for b in _options("backbone") if b != "base"]
 
 # What every architecture shares: segment_anything's `_build_sam` (build_sam.py).
 SAM_COMMON = dict(
-    _target_="persam.backbone.build_sam",
+    _target_="persam.backbones.sam.build_sam",
     seed=0,
     device="auto",
     window_size=14,
@@ -94,7 +94,7 @@ EXPECTED_BACKBONES = {
     # MobileSAM's build_sam_vit_t: TinyViT-5M, per stage; SAM's decoder.
     "mobile_sam": SAM_COMMON
     | dict(
-        _target_="persam.mobile_sam.build_mobile_sam",
+        _target_="persam.backbones.mobile_sam.build_mobile_sam",
         name="mobile_sam",
         checkpoint="${paths.checkpoint_dir}/mobile_sam.pt",
         encoder_embed_dim=[64, 128, 160, 320],
@@ -107,7 +107,7 @@ EXPECTED_BACKBONES = {
     **{
         f"efficientvit_sam_{v}": SAM_COMMON
         | dict(
-            _target_="persam.efficientvit_sam.build_efficientvit_sam",
+            _target_="persam.backbones.efficientvit_sam.build_efficientvit_sam",
             name=f"efficientvit_sam_{v}",
             checkpoint=f"${{paths.checkpoint_dir}}/efficientvit_sam_{v}.pt",
             encoder_embed_dim=None,
@@ -124,7 +124,7 @@ EXPECTED_BACKBONES = {
     **{
         f"sam2_{size}": SAM_COMMON
         | dict(
-            _target_="persam.sam2_model.build_sam2",
+            _target_="persam.backbones.sam2.build_sam2",
             name=f"sam2_{size}",
             checkpoint=f"${{paths.checkpoint_dir}}/sam2.1_{file}.pt",
             encoder_embed_dim=None,
@@ -145,7 +145,7 @@ EXPECTED_BACKBONES = {
     "hf_sam": SAM_COMMON
     | _encoder(768, 12, 12, [2, 5, 8, 11])
     | dict(
-        _target_="persam.hf_sam.build_hf_sam",
+        _target_="persam.backbones.hf_sam.build_hf_sam",
         name="hf_sam",
         checkpoint="${paths.checkpoint_dir}/sam_vit_b_01ec64.pth",
     ),

@@ -9,9 +9,9 @@ import torch
 from helpers import SMALL_ARCH
 from segment_anything.modeling.transformer import Attention
 
-from persam.backbone import build_sam
-from persam.decoder import personalize
-from persam.guided_attention import GuidedAttention, attention_map
+from persam.backbones.sam import build_sam
+from persam.model.decoder import personalize
+from persam.model.guided_attention import GuidedAttention, attention_map
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_attention_map_batch_is_each_map_alone():
 def test_batched_guidance_guides_each_image_with_its_own_target():
     """What the embedded SAM's training does: one decoder call over a batch of images, image b
     guided by map b and target embedding b, equals guiding each image alone (as PerSAM does)."""
-    from persam.backbone import build_architecture
+    from persam.backbones.sam import build_architecture
     from persam.training.module import decode
 
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
 from persam.conf import CONFIG_DIR
+from persam.data import build_dataset
 from persam.data.perseg import foreground, read_annotation, read_image
 from persam.demo import core
 from persam.demo.__main__ import build_demo
@@ -78,7 +79,7 @@ def test_demo_config_reuses_the_groups():
     assert cfg.host == "127.0.0.1" and cfg.port == 7860
     assert cfg.backbone.name == "embedded"
     assert set(cfg.methods) == {"persam", "persam_f"}
-    assert cfg.methods.persam._target_ == "persam.method.PerSAM"
+    assert cfg.methods.persam._target_ == "persam.model.method.PerSAM"
     assert cfg.methods.persam_f.scale_weights.steps == 1000
     assert cfg.example._target_ == "persam.data.synthetic.synthetic_dataset"
     cfg = _compose(["port=8123", "backbone=tiny", "methods.persam_f.scale_weights.steps=7"])
@@ -385,7 +386,7 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
 
     # One PerSeg object from the synthetic world: the files the page and persam.run both read.
     cache = tmp_path / "cache"
-    obj = next(iter(instantiate(_compose([f"paths.cache_dir={cache}"]).example)))
+    obj = next(iter(build_dataset(_compose([f"paths.cache_dir={cache}"]).example)))
     data = tmp_path / "perseg"
     stems = ("00", "01", "02")
     for kind, src in (("Images", obj.images), ("Annotations", obj.annotations)):

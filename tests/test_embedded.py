@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import persam
-from persam.backbone import CheckpointError
+from persam.backbones.sam import CheckpointError
 from persam.conf import CONFIG_DIR
 from persam.data.synthetic import SPLITS, render_scene, split_identities
-from persam.encoder import Encoder
-from persam.method import PerSAM
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "embedded_sam.pth"
@@ -131,7 +131,7 @@ def test_a_mismatched_architecture_loads_the_checkpoints_own(tmp_path, embedded_
     read from its shapes is built, with one warning; it predicts as the shipped model."""
     copy = tmp_path / "embedded_sam.pth"
     shutil.copyfile(CHECKPOINT, copy)
-    with caplog.at_level(logging.WARNING, logger="persam.backbone"):
+    with caplog.at_level(logging.WARNING, logger="persam.backbones.sam"):
         sam = _build(f"backbone.checkpoint={copy}", "backbone.encoder_depth=2")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(copy) in warnings[0]
@@ -156,7 +156,7 @@ def _reach_warnings(caplog) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "persam.preflight" and r.levelno == logging.WARNING
+        if r.name == "persam.app.preflight" and r.levelno == logging.WARNING
     ]
 
 
@@ -195,8 +195,8 @@ def _copy(tmp_path: Path, record: bool) -> Path:
 
 
 def test_which_models_and_data_warn_about_the_reach(tmp_path, embedded_sam, caplog):
-    from persam.backbone import build_architecture
-    from persam.preflight import warn_model_reach
+    from persam.backbones.sam import build_architecture
+    from persam.app.preflight import warn_model_reach
 
     bare, recorded = _copy(tmp_path, record=False), _copy(tmp_path, record=True)
     arch = json.loads((WEIGHTS / "embedded_sam.json").read_text())["architecture"]

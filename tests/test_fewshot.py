@@ -22,9 +22,10 @@ from persam.data.fewshot import (
 )
 from persam.data.fewshot_synthetic import write_layout
 from persam.data.perseg import DataError
-from persam.encoder import Encoder
-from persam.method import PerSAM, PerSAMF
-from persam.metrics import episode_areas, fewshot_scores
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM, PerSAMF
+from persam.run import build_dataset
+from persam.metrics.fewshot import episode_areas, fewshot_scores
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -325,7 +326,7 @@ def test_data_configs_build_the_datasets(data, kind, fss_root, coco_root, lvis_r
         assert cfg.data.shots == 1 and cfg.data.seed == 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the synthetic COCO has fewer than 80 categories
-            ds = instantiate(cfg.data)
-        assert ds.benchmark == kind and ds.task.__name__ == "EpisodeTask"
+            ds = build_dataset(cfg)
+        assert ds.benchmark == kind and cfg.data.task._target_.endswith(".EpisodeTask")
         _well_formed(ds, ds.episodes()[:20])
     assert real.data.episodes == 1000

@@ -22,7 +22,7 @@ def fss(tmp_path_factory):
 
 
 def _recompute(out, root, classes):
-    """HSNet's mIoU and FB-IoU from the masks on disk, independently of persam.metrics."""
+    """HSNet's mIoU and FB-IoU from the masks on disk, independently of persam.metrics.image."""
     sums = {c: np.zeros(4) for c in classes}
     with open(out / "episodes.csv") as f:
         rows = list(csv.DictReader(f))

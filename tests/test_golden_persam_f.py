@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import GOLDEN_OBJECTS, iou, rgb
 
-from persam.encoder import Encoder
-from persam.method import PerSAMF
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAMF
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 

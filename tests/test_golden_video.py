@@ -17,13 +17,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from persam.backbone import build_sam
+from persam.backbones.sam import build_sam
 from persam.conf import CONFIG_DIR
 from persam.data.davis import DavisDataset
-from persam.encoder import Encoder
-from persam.method import PerSAM, PerSAMF
-from persam.video.policy import VideoPolicy
-from persam.video.segmenter import VideoSegmenter
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM, PerSAMF
+from persam.tasks.video.policy import VideoPolicy
+from persam.tasks.video.segmenter import VideoSegmenter
 
 pytestmark = pytest.mark.golden
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from persam import location_prior
+from persam.model import location_prior
 from persam.data.instances import ground_truth_instances, read_instances, write_instances
 from persam.data.perseg import DataError
-from persam.method import PerSAM, check_instances
-from persam.metrics import InstanceMeter, connected_instances, instance_ious, match_instances
+from persam.model.method import PerSAM, check_instances
+from persam.metrics.image import InstanceMeter, connected_instances, instance_ious, match_instances
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -190,7 +190,7 @@ def heldout(tmp_path_factory):
 
 
 def test_persam_finds_the_second_copies_without_reencoding(embedded, heldout):
-    from persam.encoder import Encoder
+    from persam.model.encoder import Encoder
 
     encoder = Encoder(embedded)
     calls = []
@@ -222,8 +222,8 @@ def test_persam_finds_the_second_copies_without_reencoding(embedded, heldout):
 
 
 def test_persam_f_multi_instance(embedded, heldout):
-    from persam.encoder import Encoder
-    from persam.method import PerSAMF
+    from persam.model.encoder import Encoder
+    from persam.model.method import PerSAMF
 
     method = PerSAMF(
         embedded, Encoder(embedded), instances="auto", scale_weights={"steps": 30, "fused": "eager"}

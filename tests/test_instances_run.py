@@ -14,7 +14,7 @@ from helpers import run_cli, write_object
 from PIL import Image
 
 from persam.data.instances import write_instances
-from persam.metrics import InstanceMeter, connected_instances
+from persam.metrics.image import InstanceMeter, connected_instances
 
 pytestmark = pytest.mark.slow
 

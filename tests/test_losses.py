@@ -1,4 +1,4 @@
-"""The one implementation of the mask losses (persam.losses) and of atomic file writes."""
+"""The one implementation of the mask losses (persam.model.losses) and of atomic file writes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from persam.files import atomic_write
-from persam.losses import dice_loss, focal_loss, mask_iou
+from persam.data.files import atomic_write
+from persam.model.losses import dice_loss, focal_loss, mask_iou
 
 
 def _maps(seed=0, shape=(2, 3, 20, 24)):

@@ -1,11 +1,11 @@
-"""Unit tests for persam.metrics on hand-made masks with hand-counted expected values."""
+"""Unit tests for persam.metrics.image on hand-made masks with hand-counted expected values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from persam.metrics import ObjectMeter, mask_to_boundary, mean_over_objects
+from persam.metrics.image import ObjectMeter, mask_to_boundary, mean_over_objects
 
 
 def square(h: int, w: int, top: int, left: int, size: int) -> np.ndarray:

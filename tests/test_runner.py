@@ -1,8 +1,9 @@
-"""The runner (`persam.runner`) over the PerSeg task, with the embedded SAM and real files."""
+"""The runner (`persam.tasks.runner`) over the PerSeg task, with the embedded SAM and real files."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,14 +11,15 @@ import pytest
 from helpers import write_object
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import PerSegDataset
-from persam.encoder import Encoder
-from persam.evaluate import ObjectTask
-from persam.loggers import RunLogger
-from persam.method import PerSAM
-from persam.runner import Runner
+from persam.model.encoder import Encoder
+from persam.tasks.objects import ObjectTask
+from persam.tasks.loggers import RunLogger
+from persam.model.method import PerSAM
+from persam.tasks.runner import Runner
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def data(tmp_path):
 def _run(sam, data, out, resume=False):
     method = PerSAM(sam, Encoder(sam))
     dataset = PerSegDataset(data)
-    task = dataset.task(method=method, dataset=dataset, run_dir=out, overlays=False)
+    task = ObjectTask(method=method, dataset=dataset, run_dir=out, overlays=False)
     return Runner(out, RunLogger(None), resume=resume, progress=False).run(task)
 
 
@@ -101,5 +103,13 @@ def test_without_resume_every_unit_is_run_again(sam, data, tmp_path):
     assert cv2.imread(str(kept), cv2.IMREAD_UNCHANGED).any()
 
 
-def test_object_task_is_the_perseg_datasets_task(data):
-    assert PerSegDataset(data).task is ObjectTask
+def test_every_dataset_config_names_a_runner_task():
+    """The task comes from the dataset's config (`data.task`), never from the data module."""
+    from hydra.utils import get_class
+
+    from persam.conf import CONFIG_DIR
+    from persam.tasks.runner import Task
+
+    for path in sorted((Path(CONFIG_DIR) / "data").glob("*.yaml")):
+        target = OmegaConf.load(path).task._target_
+        assert issubclass(get_class(target), Task), path

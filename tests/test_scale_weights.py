@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from persam.scale_weights import (
+from persam.model.scale_weights import (
     FitResult,
     NonFiniteLossError,
     ScaleWeightsModule,
@@ -18,7 +18,7 @@ from persam.scale_weights import (
     mix_masks,
     reference_loss,
 )
-from persam.scale_weights_fused import _LOG1P_COEFS, fused_loss_and_grad, prepare_fused_inputs
+from persam.model.fit_backends.fused import _LOG1P_COEFS, fused_loss_and_grad, prepare_fused_inputs
 
 OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 
@@ -94,7 +94,7 @@ def test_autograd_function_backward_is_the_fused_gradient():
 
 
 def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch, caplog):
-    import persam.scale_weights_fused as sw
+    import persam.model.fit_backends.fused as sw
 
     def broken_compiler():
         def fail(*args):
@@ -106,7 +106,7 @@ def test_compile_failure_falls_back_to_eager_with_warning(monkeypatch, caplog):
     monkeypatch.setattr(sw, "_COMPILE_FAILED", False)
     logits, gt, w = _random_problem(6, 20, 20, 0.5, 3.0)
     inputs = prepare_fused_inputs(logits, gt)
-    with caplog.at_level("WARNING", logger="persam.scale_weights_fused"):
+    with caplog.at_level("WARNING", logger="persam.model.fit_backends.fused"):
         loss, grad = fused_loss_and_grad(inputs, w, fused="compile")
     assert "falling back to the eager" in caplog.text
     assert not sw.compile_available()
@@ -308,7 +308,7 @@ def golden_logits(golden):
     cv2 = pytest.importorskip("cv2")
     from segment_anything import SamPredictor
 
-    from persam.backbone import build_sam
+    from persam.backbones.sam import build_sam
 
     arch = json.loads((golden / "tiny_sam.json").read_text())
     sam = build_sam(name="tiny", checkpoint=golden / "tiny_sam.pth", device="cpu", **arch)
@@ -375,7 +375,7 @@ def test_plain_and_trainer_loops_agree_on_a_golden_taylor_fit(golden_logits):
 
 
 def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
-    import persam.scale_weights_fused as sw
+    import persam.model.fit_backends.fused as sw
 
     monkeypatch.setenv("PERSAM_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
@@ -389,7 +389,7 @@ def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
     assert sw.warm_up(inputs) == 0.0  # once per process and dtype
     assert sw._load_artifacts()  # what a later process does before compiling
     artifact.write_bytes(b"not a cache")
-    with caplog.at_level("WARNING", logger="persam.scale_weights_fused"):
+    with caplog.at_level("WARNING", logger="persam.model.fit_backends.fused"):
         assert not sw._load_artifacts()
     assert "ignoring the compile cache" in caplog.text
     monkeypatch.setenv("PERSAM_COMPILE_CACHE", "0")
@@ -397,7 +397,7 @@ def test_compile_cache_is_saved_once_and_loads(monkeypatch, tmp_path, caplog):
 
 
 def test_compiling_is_reported_apart_from_the_fit(monkeypatch):
-    import persam.scale_weights_fused as sw
+    import persam.model.fit_backends.fused as sw
 
     monkeypatch.setattr(sw, "COMPILE_SECONDS", {})
     logits, gt, _ = _random_problem(10, 24, 24, 0.5, 2.0, dtype=torch.float32)

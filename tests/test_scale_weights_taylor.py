@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from persam.scale_weights import fit_scale_weights, make_loss, reference_loss
-from persam.scale_weights_fused import combine, fused_loss_and_grad, prepare_fused_inputs
-from persam.scale_weights_taylor import MIN_STEPS, TOL, TaylorBackend, taylor_coefficients
+from persam.model.scale_weights import fit_scale_weights, make_loss, reference_loss
+from persam.model.fit_backends.fused import combine, fused_loss_and_grad, prepare_fused_inputs
+from persam.model.fit_backends.taylor import MIN_STEPS, TOL, TaylorBackend, taylor_coefficients
 
 
 def _problem(seed, h, w, frac, scale, dtype=torch.float64):
@@ -117,7 +117,7 @@ def test_taylor_falls_back_to_the_direct_pass_for_huge_logit_spreads():
 
 
 def test_taylor_fit_with_several_expansions_matches_the_official_loop(monkeypatch):
-    import persam.scale_weights_taylor as taylor
+    import persam.model.fit_backends.taylor as taylor
 
     monkeypatch.setattr(taylor, "MAX_EXPANSIONS", 10**6)  # the Taylor model all the way
     for mode in MIN_STEPS:

@@ -8,8 +8,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
-from persam.method import PerSAMF
-from persam.schema import ConfigError, check_config, check_overrides
+from persam.model.method import PerSAMF
+from persam.app.schema import ConfigError, check_config, check_overrides
 
 
 def _compose(overrides: list[str]):

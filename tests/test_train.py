@@ -11,7 +11,7 @@ import torch
 from helpers import SMALL_ARCH as ARCH
 from helpers import run_cli
 
-from persam.backbone import build_architecture
+from persam.backbones.sam import build_architecture
 from persam.training.memory import (
     TrainingMemoryError,
     check_memory,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from persam.conf import CONFIG_DIR
 from persam.data.davis import davis_palette
-from persam.video.policy import VideoPolicy
+from persam.tasks.video.policy import VideoPolicy
 
 SMALL = ["data.num_sequences=2", "data.num_frames=6"]  # crossing, exit-return
 

@@ -1,4 +1,4 @@
-"""J&F (persam/video/metrics.py) on hand-made masks, and against vos-benchmark's implementation."""
+"""J&F (persam/metrics/video.py) on hand-made masks, and against vos-benchmark's implementation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from persam.video.metrics import (
+from persam.metrics.video import (
     SequenceScorer,
     boundary_f,
     boundary_map,

@@ -11,11 +11,11 @@ from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
 from persam.data.synthetic_video import SyntheticVideoDataset
-from persam.encoder import Encoder
-from persam.method import PerSAM, PerSAMF
-from persam.refine import EmptyMaskError, cascaded_refinement, decode
-from persam.video.policy import VideoPolicy
-from persam.video.segmenter import (
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM, PerSAMF
+from persam.model.refine import EmptyMaskError, cascaded_refinement, decode
+from persam.tasks.video.policy import VideoPolicy
+from persam.tasks.video.segmenter import (
     VideoSegmenter,
     merge_logits,
     official_handover,

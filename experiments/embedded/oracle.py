@@ -10,7 +10,7 @@ segmented with prompts taken from its own ground-truth mask:
 
 * `point`: the mask's most interior pixel (maximum of the distance transform) as one positive
   point, one decoder pass with the single-mask output (PerSAM's first pass, perfect location);
-* `point_refined`: the same, then PerSAM's two cascaded refinement passes (`persam/refine.py`);
+* `point_refined`: the same, then PerSAM's two cascaded refinement passes (`persam/model/refine.py`);
 * `box`: the mask's bounding box, one pass (the decoder's mask quality with a tight box).
 
 It also measures whether SAM's three multimask outputs differ in scale (`scales`): for the same
@@ -18,7 +18,7 @@ interior point, one pass with `multimask_output=True`; per output its mean area 
 ground truth's and its IoU with it (nested part / object / group outputs read as area ratios
 below 1, near 1 and above 1). And how often PerSAM's location prior (its positive point: the arg-max of the
 similarity to the reference's mean feature) falls inside the ground-truth mask (`prior_hit`).
-The scores are PerSAM's (`persam/metrics.py`: per-object accumulated IoU, mean over objects).
+The scores are PerSAM's (`persam/metrics/image.py`: per-object accumulated IoU, mean over objects).
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import foreground, read_annotation, read_image
-from persam.encoder import Encoder
-from persam.method import PerSAM
-from persam.metrics import ObjectMeter, mean_over_objects
-from persam.refine import cascaded_refinement, mask_box
+from persam.model.encoder import Encoder
+from persam.model.method import PerSAM
+from persam.metrics.image import ObjectMeter, mean_over_objects
+from persam.model.refine import cascaded_refinement, mask_box
+from persam.run import build_dataset
 
 VARIANTS = ("point", "point_refined", "box")
 
@@ -59,7 +60,7 @@ def oracle(overrides: list[str]) -> dict:
     sam = instantiate(cfg.backbone)
     encoder = Encoder(sam)
     persam = PerSAM(sam, encoder)
-    dataset = instantiate(cfg.data)
+    dataset = build_dataset(cfg)
     meters = {v: {} for v in VARIANTS}
     hits: dict[str, list[bool]] = {}
     scale_area: list[np.ndarray] = []

@@ -247,12 +247,6 @@ class DavisDataset:
         if len(set(self.names)) != len(self.names):
             raise DataError(f"Sequence names repeat in {split_file}; list each once.")
 
-    @property
-    def task(self):
-        """The runner's task for this dataset: one unit per sequence (`persam.video.task`)."""
-        from persam.video.task import VideoTask
-
-        return VideoTask
 
     def __len__(self) -> int:
         return len(self.names)

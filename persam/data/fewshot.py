@@ -90,12 +90,6 @@ class FewShotDataset:
 
     benchmark = "fewshot"
 
-    @property
-    def task(self):
-        """The runner's Task class for episodes (`persam.episodes.EpisodeTask`)."""
-        from persam.episodes import EpisodeTask
-
-        return EpisodeTask
 
     def __init__(self, root, shots: int = 1, episodes: int | None = 1000, seed: int = 0):
         _check_common(shots, episodes, seed)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from persam.data.synthetic import GENERATOR_VERSION, render_scene, split_identities
-from persam.files import generated_folder
+from persam.data.files import generated_folder
 
 LAYOUTS = ("fss1000", "coco20i", "lvis92i")
 SIZE = (224, 224)

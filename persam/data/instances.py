@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from persam.data.perseg import DataError
-from persam.metrics import connected_instances
+from persam.metrics.image import connected_instances
 
 #: `instances.source` in metrics.json: where the ground-truth instances came from.
 SOURCE_ROOT = "instances_root"

@@ -225,9 +225,14 @@ def read_annotation(
         )
     log.warning(msg)
     notes.append(msg)
-    canonical = np.zeros((*fg.shape, 3), np.uint8)
-    canonical[fg] = PERSEG_FOREGROUND
-    return canonical
+    return annotation_of(fg)
+
+
+def annotation_of(fg: np.ndarray) -> np.ndarray:
+    """PerSeg's own form of a foreground (H, W) bool: (H, W, 3) uint8, red 128 on black."""
+    out = np.zeros((*fg.shape, 3), np.uint8)
+    out[fg] = PERSEG_FOREGROUND
+    return out
 
 
 def foreground(mask_rgb: np.ndarray) -> np.ndarray:
@@ -381,12 +386,6 @@ class PerSegDataset:
             raise DataError(f"No object folders in {self.images_dir}.")
         self.names = available
 
-    @property
-    def task(self):
-        """The runner's task for this dataset: one unit per object (`persam.evaluate`)."""
-        from persam.evaluate import ObjectTask
-
-        return ObjectTask
 
     def __len__(self) -> int:
         return len(self.names)

@@ -31,7 +31,7 @@ from persam.data.davis import DavisDataset, davis_palette
 from persam.data.synthetic import split_identities
 from persam.data.synthetic.drawing import blend, cached_sprite, colour_jitter, full_mask, warp
 from persam.data.synthetic.scene import _background
-from persam.files import generated_folder
+from persam.data.files import generated_folder
 
 #: Bump whenever the drawn pixels change for the same parameters (forces regeneration).
 VIDEO_GENERATOR_VERSION = 1

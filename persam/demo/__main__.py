@@ -24,7 +24,8 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from persam.conf import CONFIG_DIR  # noqa: E402
-from persam.encoder import Encoder  # noqa: E402
+from persam.data import build_dataset  # noqa: E402
+from persam.model.encoder import Encoder  # noqa: E402
 from persam.run import build_backbone  # noqa: E402
 
 log = logging.getLogger("persam.demo")
@@ -43,7 +44,7 @@ def build_demo(cfg: DictConfig, run_dir: Path):
     encoder = Encoder(sam, instantiate(cfg.cache))
     example = None
     if cfg.get("example") is not None:
-        example = next(iter(instantiate(cfg.example)))
+        example = next(iter(build_dataset(cfg.example)))
     return Demo(
         sam=sam,
         encoder=encoder,

@@ -25,7 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from persam.data.perseg import ObjectSet  # noqa: E402
 from persam.demo import core  # noqa: E402
-from persam.encoder import Encoder  # noqa: E402
+from persam.model.encoder import Encoder  # noqa: E402
 
 log = logging.getLogger(__name__)
 

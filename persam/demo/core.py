@@ -2,8 +2,8 @@
 
 Everything the page computes goes through the project's own modules: images are read as
 `persam.run` reads them (`persam.data.perseg.read_image`), the method is the configured
-`persam.method.PerSAM` / `PerSAMF`, the heat map is `persam.location_prior.similarity_map`, the
-overlays are `persam.outputs.overlay` and the masks are written by `persam.outputs.write_mask`.
+`persam.model.method.PerSAM` / `PerSAMF`, the heat map is `persam.model.location_prior.similarity_map`, the
+overlays are `persam.tasks.outputs.overlay` and the masks are written by `persam.tasks.outputs.write_mask`.
 Bad input raises `DemoInputError`, whose message is shown in the page as it is.
 
 Shapes: images RGB uint8 (H, W, 3); masks bool (H, W); annotations RGB uint8 (H, W, 3) whose
@@ -27,11 +27,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam import location_prior
+from persam.model import location_prior
 from persam.data.perseg import DataError, read_image
-from persam.encoder import Encoder
-from persam.method import EmptyReferenceMask, PerSAM, Prediction, Target
-from persam.outputs import overlay, write_mask
+from persam.model.encoder import Encoder
+from persam.model.method import EmptyReferenceMask, PerSAM, Prediction, Target
+from persam.tasks.outputs import overlay, write_mask
 
 # A mask made in the page becomes the annotation a PerSeg file would give: red 128 on black
 # (PerSeg's PNGs are BGR (0, 0, 128)). The value matters: `PerSAM.learn` normalises the
@@ -223,7 +223,7 @@ def build_method(
 
 
 def mask_view(image: np.ndarray, mask: np.ndarray, coords=None, labels=None) -> np.ndarray:
-    """`persam.outputs.overlay` (mask tinted, points drawn) with the mask's outline in yellow."""
+    """`persam.tasks.outputs.overlay` (mask tinted, points drawn) with the mask's outline in yellow."""
     coords = np.zeros((0, 2), np.int64) if coords is None else coords
     labels = np.zeros(0, np.int64) if labels is None else labels
     out = overlay(image, mask.astype(bool), coords, labels)
@@ -304,7 +304,7 @@ def run_method(
     with MODEL_LOCK:
         report(0.0, "learning the target from the reference")
         try:
-            target = method.learn(reference, annotation, name="reference")
+            target = method.learn_annotations(reference, annotation, name="reference")
         except EmptyReferenceMask as exc:
             raise DemoInputError(
                 f"Unusable reference mask: {exc}. Paint over the object, upload a mask whose "

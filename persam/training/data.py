@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader, IterableDataset
 
-from persam.backbone import PIXEL_MEAN, PIXEL_STD
+from persam.backbones.sam import PIXEL_MEAN, PIXEL_STD
 from persam.data.synthetic import (
     JPEG_QUALITY,
     SPLITS,

@@ -1,6 +1,6 @@
 """The identity-matching loss on the encoder features (what PerSAM's location prior needs).
 
-The mask losses (focal, dice, the IoU-head target) are `persam.losses`, shared with PerSAM-F.
+The mask losses (focal, dice, the IoU-head target) are `persam.model.losses`, shared with PerSAM-F.
 """
 
 from __future__ import annotations

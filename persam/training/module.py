@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from persam.backbone import build_architecture, load_checkpoint
-from persam.decoder import personalize
-from persam.guided_attention import attention_map
-from persam.losses import dice_loss, focal_loss, mask_iou
+from persam.backbones.sam import build_architecture, load_checkpoint
+from persam.model.decoder import personalize
+from persam.model.guided_attention import attention_map
+from persam.model.losses import dice_loss, focal_loss, mask_iou
 from persam.training import identity as id_losses
 from persam.training.data import grid_fraction
 from persam.training.prompts import (
@@ -89,7 +89,7 @@ def decode(
 
 
 class EmbeddedSamModule(L.LightningModule):
-    """Trains `Sam` (built by `persam.backbone.build_architecture(**architecture)`), from random
+    """Trains `Sam` (built by `persam.backbones.sam.build_architecture(**architecture)`), from random
     weights (torch's global seed) or from the state dict `init_from`.
 
     Only `self.sam`'s state dict is shipped; the identity loss's `logit_scale`/`logit_bias`

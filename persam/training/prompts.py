@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from persam.refine import mask_box
+from persam.model.refine import mask_box
 
 NO_POINT = -1
 

@@ -24,8 +24,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from persam.backbone import build_sam, checkpoint_record
-from persam.files import atomic_write, replacing, sha256_file
+from persam.backbones.sam import build_sam, checkpoint_record
+from persam.data.files import atomic_write, replacing, sha256_file
 
 log = logging.getLogger(__name__)
 

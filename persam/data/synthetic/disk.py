@@ -16,8 +16,8 @@ import numpy as np
 
 from persam.data.instances import write_instances
 from persam.data.synthetic.identities import SPLITS, Identity, split_identities
-from persam.data.synthetic.scene import render_scene
-from persam.files import generated_folder
+from persam.data.synthetic.scene import Scene, render_scene
+from persam.data.files import generated_folder
 
 __all__ = ["GENERATOR_VERSION", "JPEG_QUALITY", "ensure_synthetic", "synthetic_dataset"]
 
@@ -233,4 +233,20 @@ def synthetic_dataset(
         reference_perturbation=reference_perturbation,
         perturbation_amount=perturbation_amount,
         shots=shots,
+    )
+
+
+def example(index: int = 0, seed: int = 0) -> tuple[Scene, Scene]:
+    """Two in-memory scenes of one held-out object (`persam.example()`): the reference and a
+    test image, each with its `image` (H, W, 3) RGB uint8 and `mask` (H, W) bool. They are the
+    scenes 00 and 01 of that object in `data=synthetic` (before JPEG compression)."""
+    identities = split_identities("heldout", seed)
+    ident = identities[index]
+    return tuple(  # type: ignore[return-value]
+        render_scene(
+            ident,
+            np.random.default_rng([SPLITS["heldout"], seed, index, k, GENERATOR_VERSION]),
+            distractor_pool=identities,
+        )
+        for k in (0, 1)
     )

@@ -1,0 +1,268 @@
+"""Typed schemas of the run configuration, registered in Hydra's ConfigStore.
+
+Each YAML file of `conf/method/` and `conf/data/` (and `conf/config.yaml`) names its schema
+first in its `defaults` list, as Hydra's structured-config pattern does, so a value of the wrong
+type fails when the config is composed, with the field named:
+
+    python -m persam.run method.negative_point=flase
+    Error merging override method.negative_point=flase
+    Value 'flase' is not a valid bool (type str)
+        full_key: method.negative_point
+
+Choices are `str` enums (`method.target_pooling`, `method.scale_weights.backend` / `fused` /
+`loop`, `data.exif`).
+OmegaConf also reads `yes`/`no`/`on`/`off`/`1`/`0` as booleans; `check_overrides` refuses those
+spellings on the command line too, so a boolean switch accepts only `true` or `false`.
+A new field of a method or dataset must be added to its schema here (the schemas are strict:
+an unknown key fails at composition). The root schema types the run-level keys only and
+leaves the others open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class Choice(str, Enum):
+    """A choice field: compares, prints and formats as its plain string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Pooling(Choice):
+    mean = "mean"
+    max_mean = "max_mean"
+
+
+class Fused(Choice):
+    compile = "compile"
+    eager = "eager"
+
+
+class Backend(Choice):
+    taylor = "taylor"
+    fused = "fused"
+    reference = "reference"
+
+
+class FitLoop(Choice):
+    """What steps the PerSAM-F fit: a plain PyTorch loop, or the `trainer` group's Trainer."""
+
+    plain = "plain"
+    trainer = "trainer"
+
+
+class ShotPooling(Choice):
+    """k references: pool all masked cells together, or each image alone then average."""
+
+    pixels = "pixels"
+    images = "images"
+
+
+class ShotPoints(Choice):
+    """k references: the prior's points from the pooled target, or from each reference."""
+
+    pooled = "pooled"
+    each = "each"
+
+
+class Exif(Choice):
+    """What to do with an EXIF orientation tag (see `persam.data.perseg`)."""
+
+    error = "error"  # refuse the object, naming the file and the two ways on
+    apply = "apply"  # rotate the image and its masks as the tag says
+    ignore = "ignore"  # use the stored pixels of images and masks alike
+
+
+def plain(value: Any) -> Any:
+    """An enum member's value (what the code below the config works with)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+# -- method ----------------------------------------------------------------------------------
+@dataclass
+class PerSAMSchema:
+    _target_: str = "persam.model.method.PerSAM"
+    name: str = "persam"
+    target_pooling: Pooling = Pooling.mean
+    positive_point: bool = True
+    negative_point: bool = True
+    guided_attention: bool = True
+    semantic_prompt: bool = True
+    refine_steps: int = 2
+    instances: Any = 1  # a positive integer or "auto" (checked by the method)
+    instance_threshold: float = 0.9
+    instance_overlap: float = 0.5
+    max_instances: int = 10
+    shot_pooling: ShotPooling = ShotPooling.pixels
+    shot_points: ShotPoints = ShotPoints.pooled
+
+
+@dataclass
+class ScaleWeightsSchema:
+    steps: int = 1000
+    lr: float = 1.0e-3
+    eps: float = 1.0e-4
+    weight_decay: float = 0.01
+    init: float = 1.0 / 3.0
+    alpha: float = 0.25
+    gamma: float = 2.0
+    backend: Backend = Backend.taylor
+    fused: Fused = Fused.compile
+    loop: FitLoop = FitLoop.plain
+    load: Optional[str] = None  # noqa: UP045 - a scale_weights.json (or its run folder)
+
+
+@dataclass
+class PerSAMFSchema(PerSAMSchema):
+    _target_: str = "persam.model.method.PerSAMF"
+    name: str = "persam_f"
+    scale_weights: ScaleWeightsSchema = field(default_factory=ScaleWeightsSchema)
+
+
+# -- data ------------------------------------------------------------------------------------
+@dataclass
+class PerSegSchema:
+    task: Any = None  # {_target_: <Task class>, _partial_: true}, built by the entry point
+    _target_: str = "persam.data.perseg.PerSegDataset"
+    root: str = "data/PerSeg"
+    reference: str = "00"
+    objects: Optional[list[str]] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    instances_root: Optional[str] = None  # noqa: UP045
+    reference_perturbation: str = "none"  # checked by persam.data.perturb
+    perturbation_amount: float = 0.1
+    shots: int = 1  # k-shot: reference images per object
+    exif: Exif = Exif.error
+
+
+@dataclass
+class SyntheticSchema:
+    task: Any = None
+    _target_: str = "persam.data.synthetic.synthetic_dataset"
+    root: str = "synthetic"
+    split: str = "heldout"
+    seed: int = 0
+    num_objects: int = 6
+    images_per_object: int = 4
+    instances_per_image: Any = 1  # N, or [lo, hi]
+    reference: str = "00"
+    objects: Optional[list[str]] = None  # noqa: UP045
+    instances_root: Optional[str] = None  # noqa: UP045
+    reference_perturbation: str = "none"
+    perturbation_amount: float = 0.1
+    shots: int = 1  # k-shot: reference images per object
+
+
+# -- run -------------------------------------------------------------------------------------
+@dataclass
+class CacheSchema:
+    _target_: str = "persam.model.cache.EmbeddingCache"
+    enabled: bool = True
+    root: str = "embeddings"
+
+
+@dataclass
+class RunSchema:
+    """Run-level keys of `conf/config.yaml`; other keys (groups, ...) stay open."""
+
+    task_name: str = "persam"
+    seed: int = 0
+    overlays: bool = True
+    max_logged_images: int = 6
+    progress: bool = True
+    strict: bool = True
+    resume: bool = False
+    cache: CacheSchema = field(default_factory=CacheSchema)
+
+
+# Choices of integer fields, checked by `check_config` (OmegaConf types ints, not ranges).
+INT_CHOICES = {"method.refine_steps": (0, 1, 2)}
+POSITIVE_INTS = (
+    "method.scale_weights.steps",
+    "method.max_instances",
+    "data.num_objects",
+    "data.images_per_object",
+    "data.shots",
+)
+
+SCHEMAS = {
+    ("method", "persam_schema"): PerSAMSchema,
+    ("method", "persam_f_schema"): PerSAMFSchema,
+    ("data", "perseg_schema"): PerSegSchema,
+    ("data", "synthetic_schema"): SyntheticSchema,
+}
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent; done when `persam` is imported)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for (group, name), schema in SCHEMAS.items():
+        cs.store(group=group, name=name, node=schema)
+    root = OmegaConf.structured(RunSchema)
+    OmegaConf.set_struct(root, False)  # typed run-level keys; the rest of config.yaml stays open
+    cs.store(name="run_schema", node=root)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or spelled in a way that is refused."""
+
+
+def _bool_fields(schema, prefix: str) -> set[str]:
+    out = set()
+    for f in fields(schema):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if f.type in ("bool", bool):
+            out.add(prefix + f.name)
+        elif is_dataclass(default):
+            out |= _bool_fields(type(default), f"{prefix}{f.name}.")
+    return out
+
+
+BOOL_FIELDS = (
+    _bool_fields(PerSAMFSchema, "method.")
+    | _bool_fields(RunSchema, "")
+    | _bool_fields(PerSegSchema, "data.")
+)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse command-line booleans spelled other than true/false (`no`, `on`, `1`, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key not in BOOL_FIELDS or override.is_delete():
+            continue
+        values = (
+            list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        )
+        for value in values:
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"{key} is a boolean switch: write {key}=true or {key}=false "
+                    f"(got {override.input_line!r})."
+                )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Integer choices and ranges that the types alone do not say; names the field."""
+    for key, choices in INT_CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in choices:
+            raise ConfigError(
+                f"{key}={value} is not allowed: choose one of {', '.join(map(str, choices))}."
+            )
+    for key in POSITIVE_INTS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1.")

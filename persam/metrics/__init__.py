@@ -1,0 +1,1 @@
+"""Scores: `image` (IoU, boundary IoU, instances, few-shot mIoU / FB-IoU), `video` (J&F)."""

@@ -1,0 +1,542 @@
+"""The two methods of the paper, built from the component modules.
+
+`PerSAM` (training-free, section 3.1) and `PerSAMF` (section 3.2, scale-aware fine-tuning).
+Each learns a `Target` from one reference image and mask (or k of them: k-shot, the features
+pooled over all references, PerSAM-F's weights fitted on all k jointly), then segments test images:
+
+    encode (cached) -> location prior -> guided, prompted decoder -> cascaded refinement
+
+With `instances` > 1 (or `auto`) the last three stages repeat on the same image features: the
+similarity map is suppressed under each found instance and the next peak prompts again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from persam.data.inputs import as_annotation, as_image
+from persam.model import location_prior
+from persam.model.decoder import personalize
+from persam.model.encoder import Encoder
+from persam.model.guided_attention import attention_map
+from persam.model.refine import cascaded_refinement
+
+
+class EmptyReferenceMask(ValueError):
+    """The reference annotation has no foreground pixel (on the image or on the feature grid)."""
+
+
+@dataclass
+class Target:
+    """What the reference images and masks teach: the personalised concept.
+
+    One reference (the paper) or k (k-shot): `embedding` and `location` are pooled over all of
+    them (`PerSAM.shot_pooling`); `locations` keeps each reference's own location feature.
+    """
+
+    embedding: torch.Tensor  # (C,) mean of reference features inside the mask(s)
+    location: torch.Tensor  # (C,) pooled feature used for the location prior
+    grid_mask: torch.Tensor  # (h, w) bool, the (first) reference mask on the feature grid
+    mask_weights: np.ndarray | None = None  # (3,) PerSAM-F mixing weights
+    fit: Any = None  # PerSAM-F `FitResult`
+    ref_points: np.ndarray | None = None  # PerSAM-F positive point on the (first) reference
+    shots: int = 1  # number of references
+    locations: torch.Tensor | None = None  # (k, C) each reference's location feature (k > 1)
+
+
+@dataclass
+class Prediction:
+    """The segmentation of one test image and every intermediate the paper describes."""
+
+    mask: np.ndarray  # (H, W) bool, final
+    coords: np.ndarray  # (N, 2) int (x, y) in original pixels
+    labels: np.ndarray  # (N,) 1 positive, 0 negative
+    attn_sim: torch.Tensor | None  # (1, 1, 1, h*w) or None
+    first_mask: np.ndarray  # (H, W) bool, step-0 mask (PerSAM-F: the weighted mask)
+    first_logits: np.ndarray  # (1, 256, 256) low-res logits of the step-0 mask
+    steps: list[tuple[np.ndarray, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Multi-instance mode: the instances' pixels (H, W) bool, disjoint, in the order found (a
+    # pixel belongs to the first instance that covers it); `mask` is their union. `peaks` are
+    # the similarity peaks that prompted them, relative to the first (see `PerSAM`).
+    instances: list[np.ndarray] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+
+    def instance_map(self) -> np.ndarray:
+        """The instances as one indexed map (H, W) uint8: 0 background, 1..K the instances."""
+        out = np.zeros(self.mask.shape, np.uint8)
+        for k, inst in enumerate(self.instances, start=1):
+            out[inst] = k
+        return out
+
+
+@dataclass
+class _Decoded:
+    """One prompt's decoder passes: final mask, step-0 mask and logits, refinement steps."""
+
+    mask: np.ndarray
+    first_mask: np.ndarray
+    first_logits: np.ndarray
+    steps: list[tuple[np.ndarray, int]]
+    warnings: list[str]
+
+
+def check_instances(instances: int | str) -> int | str:
+    """`method.instances`: a positive integer or `auto`; anything else is a clear error."""
+    if isinstance(instances, str):
+        text = instances.strip().lower()
+        if text == "auto":
+            return "auto"
+        instances = int(text) if text.lstrip("-").isdigit() else text
+    if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
+        raise ValueError(
+            f"method.instances must be a positive integer or 'auto', got {instances!r}: use 1 "
+            f"for the paper's single instance, N for up to N instances per image, or auto"
+        )
+    return instances
+
+
+class PerSAM:
+    """Training-free PerSAM; every paper component is one switch.
+
+    Args:
+      sam: the frozen SAM backbone (`persam.backbones.sam.build_sam`).
+      encoder: its image encoder with the embedding cache (default: an uncached `Encoder`).
+      trainer: unused by PerSAM; PerSAM-F fits with it (a `lightning.Trainer` factory).
+      target_pooling: `mean` (PerSAM) or `max_mean` (PerSAM-F) pooling for the location prior.
+      positive_point / negative_point: prompt with the similarity arg-max / arg-min.
+      guided_attention: modulate the decoder's token-to-image attention by the similarity map.
+      semantic_prompt: add the target embedding to the decoder's prompt tokens.
+      refine_steps: cascaded post-refinement passes, 0, 1 or 2.
+      shot_pooling: with k references, pool the masked features of all `pixels` together or
+        pool each reference alone and average the k `images` (identical for one reference).
+      shot_points: with k references, the location prior's points on a test image come from
+        the `pooled` target (one positive, one negative: as one-shot) or from `each`
+        reference's own feature (up to k positives and k negatives).
+      instances: instances per image: 1 (the paper), N, or `auto`. After each instance the
+        similarity map is suppressed under its mask and the next peak prompts again (no
+        re-encoding). N: at most N prompts; a mask that mostly overlaps the earlier ones (or is
+        empty) is dropped. auto: stops at such a mask, after `max_instances`, or when the next
+        peak is below `instance_threshold` relative to the first, measured from the map's
+        minimum: (peak_k - min) < instance_threshold * (peak_1 - min).
+      instance_overlap: "mostly overlaps": more than this fraction of the new mask is covered.
+    """
+
+    name = "persam"
+
+    def __init__(
+        self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
+        name: str = "persam",
+        target_pooling: str = "mean",
+        positive_point: bool = True,
+        negative_point: bool = True,
+        guided_attention: bool = True,
+        semantic_prompt: bool = True,
+        refine_steps: int = 2,
+        shot_pooling: str = "pixels",
+        shot_points: str = "pooled",
+        instances: int | str = 1,
+        instance_threshold: float = 0.9,
+        instance_overlap: float = 0.5,
+        max_instances: int = 10,
+    ) -> None:
+        target_pooling = getattr(target_pooling, "value", target_pooling)  # schema enum -> str
+        shot_pooling = getattr(shot_pooling, "value", shot_pooling)
+        shot_points = getattr(shot_points, "value", shot_points)
+        if refine_steps not in (0, 1, 2):
+            raise ValueError(f"method.refine_steps must be 0, 1 or 2, got {refine_steps}")
+        if target_pooling not in ("mean", "max_mean"):
+            raise ValueError(
+                f"method.target_pooling must be mean or max_mean, got {target_pooling}"
+            )
+        if shot_pooling not in ("pixels", "images"):
+            raise ValueError(f"method.shot_pooling must be pixels or images, got {shot_pooling}")
+        if shot_points not in ("pooled", "each"):
+            raise ValueError(f"method.shot_points must be pooled or each, got {shot_points}")
+        self.name = name
+        self.target_pooling = target_pooling
+        self.shot_pooling = shot_pooling
+        self.shot_points = shot_points
+        self.positive_point = positive_point
+        self.negative_point = negative_point
+        self.guided_attention = guided_attention
+        self.semantic_prompt = semantic_prompt
+        self.refine_steps = refine_steps
+        self.instances = check_instances(instances)
+        if not 0.0 <= instance_threshold <= 1.0:
+            raise ValueError(
+                f"method.instance_threshold must be in [0, 1], got {instance_threshold}"
+            )
+        if not 0.0 < instance_overlap <= 1.0:
+            raise ValueError(f"method.instance_overlap must be in (0, 1], got {instance_overlap}")
+        if not 1 <= int(max_instances) <= 255:
+            raise ValueError(f"method.max_instances must be in 1..255, got {max_instances}")
+        self.instance_threshold = float(instance_threshold)
+        self.instance_overlap = float(instance_overlap)
+        self.max_instances = int(max_instances)
+        self.sam = sam
+        self.encoder = encoder or Encoder(sam)
+        self.trainer = trainer
+        self.decoder = personalize(sam)
+
+    # -- reference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def learn(self, image: Any, mask: Any, **options: Any) -> Target:
+        """The target from a reference image and its mask, or lists of k of each (k-shot).
+
+        Any form of `persam.data.inputs`: a path, a PIL image, an array; a mask as a 2-D array
+        (bool or integers, non-zero = foreground) or (H, W, 3|4). Every form of one mask gives
+        the command line's masks. `options`: PerSAM-F's `logger` and `name` of the fit.
+        """
+        images, masks = references(image, mask)
+        images = [as_image(i) for i in images]
+        masks = [as_annotation(m, i.shape) for m, i in zip(masks, images, strict=True)]
+        return self.learn_annotations(images, masks, **options)
+
+    def learn_annotations(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        mask_rgb: np.ndarray | Sequence[np.ndarray],
+        **_: Any,
+    ) -> Target:
+        """Target from the reference `image` (H, W, 3) RGB and its annotation `mask_rgb` (H, W, 3)
+        as `persam.data.perseg.read_annotation` returns it (the tasks' entry).
+
+        k-shot: lists of k images and k annotations (each pair of one size); the features inside
+        the k masks are pooled by `shot_pooling`. One image (or a list of one) is the paper.
+        """
+        images, masks = references(image, mask_rgb)
+        feats, grid_masks = [], []
+        for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
+            # one reference: the one-shot messages; k: which reference is at fault
+            which = "" if len(images) == 1 else f"reference {i + 1} of {len(images)}: "
+            if not (mask[..., 0] > 0).any():
+                raise EmptyReferenceMask(
+                    f"{which}the mask is empty (no pixel with R channel > 0)"
+                    if which
+                    else "the reference mask is empty (no pixel with R channel > 0)"
+                )
+            predictor = self.encoder.set_image(img)
+            grid_mask = location_prior.reference_mask_on_grid(predictor, mask)
+            try:
+                feats.append(location_prior.target_features(predictor.features, grid_mask))
+            except ValueError as exc:
+                raise EmptyReferenceMask(
+                    f"{which}{exc}: the object is too small to be seen at the encoder's resolution"
+                ) from exc
+            grid_masks.append(grid_mask)
+        pool = location_prior.pool_references
+        target = Target(
+            embedding=pool(feats, "mean", self.shot_pooling),
+            location=pool(feats, self.target_pooling, self.shot_pooling),
+            grid_mask=grid_masks[0],
+            shots=len(images),
+        )
+        if len(images) > 1:
+            target.locations = torch.stack(
+                [location_prior.target_embedding(f, self.target_pooling) for f in feats]
+            )
+        return target
+
+    # -- test image ------------------------------------------------------------------------
+    def _locate(self, predictor, target: Target, negative: bool, sim=None, current=None):
+        """Points and attention guidance from the similarity map `sim` (H, W).
+
+        `current` is `sim` with the instances found so far suppressed: the positive point and
+        the attention guidance come from it, the negative point from the whole map.
+        """
+        if sim is None:
+            sim = location_prior.similarity_map(predictor, target.location)
+        if current is None:
+            current = sim
+        pos_coords, pos_labels = location_prior.select_points(
+            current, positive=self.positive_point, negative=False
+        )
+        neg_coords, neg_labels = location_prior.select_points(
+            sim, positive=False, negative=negative
+        )
+        coords = np.concatenate([pos_coords, neg_coords])
+        labels = np.concatenate([pos_labels, neg_labels])
+        if self.shot_points == "each" and target.locations is not None and current is sim:
+            # k-shot: the points of every reference (first instance; later ones: pooled)
+            coords, labels = self._points_of_each(predictor, target, negative)
+        attn_sim = None
+        if self.guided_attention:
+            attn_sim = attention_map(current, tuple(predictor.features.shape[-2:]))
+        return coords, labels, attn_sim
+
+    def _points_of_each(self, predictor, target: Target, negative: bool):
+        """k-shot `shot_points=each`: every reference's own arg-max (and arg-min), positives
+        first, a point repeated by two references kept once -> coords (N, 2), labels (N,)."""
+        found = [
+            location_prior.select_points(
+                location_prior.similarity_map(predictor, loc),
+                positive=self.positive_point,
+                negative=negative,
+            )
+            for loc in target.locations
+        ]
+        seen, coords, labels = set(), [], []
+        for want in (1, 0):
+            for c, lab in found:
+                for xy, label in zip(c.tolist(), lab.tolist(), strict=True):
+                    if label == want and (tuple(xy), label) not in seen:
+                        seen.add((tuple(xy), label))
+                        coords.append(xy)
+                        labels.append(label)
+        return (
+            np.array(coords, dtype=np.int64).reshape(-1, 2),
+            np.array(labels, dtype=np.int64),
+        )
+
+    def _guidance(self, target: Target, attn_sim):
+        return self.decoder.guide(
+            attn_sim=attn_sim if self.guided_attention else None,
+            target_embedding=target.embedding[None] if self.semantic_prompt else None,
+        )
+
+    @staticmethod
+    def _prompt(coords: np.ndarray, labels: np.ndarray) -> dict:
+        if len(coords) == 0:
+            return {"point_coords": None, "point_labels": None}
+        return {"point_coords": coords, "point_labels": labels}
+
+    def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
+        """Step 0 (guided, single mask) and the cascaded refinement for one prompt."""
+        with self._guidance(target, attn_sim):
+            masks, _, low_res = predictor.predict(
+                **self._prompt(coords, labels), multimask_output=False
+            )
+        refined = cascaded_refinement(
+            predictor, coords, labels, masks[0], low_res[0:1], steps=self.refine_steps
+        )
+        return _Decoded(refined.mask, masks[0], low_res[0:1], refined.steps, refined.warnings)
+
+    @torch.no_grad()
+    def segment(self, image: Any, target: Target) -> Prediction:
+        """Segment the personalised object in `image` ((H, W, 3) RGB uint8, or any form of
+        `persam.data.inputs.as_image`); all its instances when `instances` is not 1 (the image
+        is encoded once)."""
+        image = as_image(image)
+        predictor = self.encoder.set_image(image)
+        sim = location_prior.similarity_map(predictor, target.location)
+        floor = float(sim.min())
+        radius = max(1, math.ceil(max(sim.shape) / predictor.features.shape[-1]))
+        auto = self.instances == "auto"
+        limit = self.max_instances if auto else self.instances
+        current, union = sim, np.zeros(tuple(sim.shape), bool)
+        first: Prediction | None = None
+        instances, peaks, points = [], [], []
+        for k in range(limit):
+            flat = int(current.flatten().topk(1)[1])
+            peak = (flat % sim.shape[1], flat // sim.shape[1])
+            height = float(current[peak[1], peak[0]]) - floor
+            peaks.append(height)
+            if k and auto and height < self.instance_threshold * peaks[0]:
+                break
+            coords, labels, attn_sim = self._locate(
+                predictor, target, self.negative_point, sim=sim, current=current
+            )
+            decoded = self._decode(predictor, target, coords, labels, attn_sim)
+            mask = decoded.mask
+            if first is None:
+                first = Prediction(
+                    mask=mask,
+                    coords=coords,
+                    labels=labels,
+                    attn_sim=attn_sim,
+                    first_mask=decoded.first_mask,
+                    first_logits=decoded.first_logits,
+                    steps=decoded.steps,
+                    warnings=list(decoded.warnings),
+                )
+                duplicate = False
+            else:
+                area = int(mask.sum())
+                covered = int((mask & union).sum())
+                duplicate = area == 0 or covered > self.instance_overlap * area
+                if not duplicate:
+                    first.warnings += [
+                        f"instance {len(instances) + 1}: {w}" for w in decoded.warnings
+                    ]
+                    points.append(coords[labels == 1])
+            if duplicate and auto:
+                break
+            if not duplicate and (mask & ~union).any():
+                instances.append(mask & ~union)
+                union |= mask
+            region = mask | location_prior.peak_region(tuple(sim.shape), peak, radius)
+            current = location_prior.suppress(current, region, floor)
+        assert first is not None
+        if limit > 1:
+            first.mask = union
+            first.coords = np.concatenate([first.coords, *points]) if points else first.coords
+            first.labels = np.concatenate(
+                [first.labels, *[np.ones(len(p), np.int64) for p in points]]
+            )
+        first.instances = instances
+        top = peaks[0] if peaks and peaks[0] > 0 else 1.0
+        first.peaks = [p / top for p in peaks]
+        return first
+
+
+class PerSAMF(PerSAM):
+    """PerSAM-F: learn 2 weights mixing SAM's three multi-scale masks on the reference.
+
+    Args (besides PerSAM's; the defaults are the paper's):
+      trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
+        fit completes with its steps and logger, when `scale_weights.loop=trainer`; None: a
+        CPU Trainer. The default `loop=plain` steps the same module without it.
+      scale_weights: options of `persam.model.scale_weights.fit_scale_weights` (steps, lr, loop, ...), and
+        `load`: a `scale_weights.json` (or the run folder holding it) whose weights are used
+        instead of fitting (the same masks as the run that fitted them).
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        encoder: Encoder | None = None,
+        trainer: Callable[..., Any] | None = None,
+        name: str = "persam_f",
+        target_pooling: str = "max_mean",
+        positive_point: bool = True,
+        negative_point: bool = False,
+        guided_attention: bool = False,
+        semantic_prompt: bool = False,
+        refine_steps: int = 2,
+        shot_pooling: str = "pixels",
+        shot_points: str = "pooled",
+        scale_weights: dict | None = None,
+        instances: int | str = 1,
+        instance_threshold: float = 0.9,
+        instance_overlap: float = 0.5,
+        max_instances: int = 10,
+    ) -> None:
+        super().__init__(
+            sam,
+            encoder,
+            trainer,
+            name=name,
+            target_pooling=target_pooling,
+            positive_point=positive_point,
+            negative_point=negative_point,
+            guided_attention=guided_attention,
+            semantic_prompt=semantic_prompt,
+            refine_steps=refine_steps,
+            shot_pooling=shot_pooling,
+            shot_points=shot_points,
+            instances=instances,
+            instance_threshold=instance_threshold,
+            instance_overlap=instance_overlap,
+            max_instances=max_instances,
+        )
+        # plain values (the config schema gives `fused` as an enum)
+        self.scale_weights = {
+            k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
+        }
+        load = self.scale_weights.pop("load", None)
+        self.saved_weights = None
+        if load:
+            from persam.model.scale_weights import read_scale_weights, scale_weights_file
+
+            self.saved_weights = read_scale_weights(load)
+            self.saved_from = str(scale_weights_file(load))
+
+    def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
+        """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
+        with self._guidance(target, attn_sim):
+            high, scores, low = predictor.predict(
+                **self._prompt(coords, labels), multimask_output=True, return_logits=True
+            )
+        return high, low
+
+    def learn_annotations(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        mask_rgb: np.ndarray | Sequence[np.ndarray],
+        logger: Any = None,
+        name: str | None = None,
+    ) -> Target:
+        """PerSAM's target, plus the mixing weights fitted to the reference mask(s).
+
+        k-shot: SAM's three masks are predicted on every reference (prompted by that
+        reference's own location prior) and the two weights are fitted on all k at once: the
+        loss is that of the k references' pixels taken together as one mask (one dice over
+        all of them, the focal term averaged over all of them).
+        """
+        from persam.model.scale_weights import fit_scale_weights
+
+        images, masks = references(image, mask_rgb)
+        target = super().learn_annotations(images, masks)
+        if self.saved_weights is not None:
+            if name not in self.saved_weights:
+                raise ValueError(
+                    f"object '{name}' has no weights in method.scale_weights.load="
+                    f"{self.saved_from} (it has: {', '.join(self.saved_weights) or 'none'})"
+                )
+            target.mask_weights = np.asarray(self.saved_weights[name], dtype=np.float32)
+            return target
+        highs, gts, points = [], [], []
+        with torch.no_grad():
+            for img, mask in zip(images, masks, strict=True):
+                predictor = self.encoder.set_image(img)
+                coords, labels, attn_sim = self._locate(predictor, target, negative=False)
+                high, _ = self._multiscale(predictor, target, attn_sim, coords, labels)
+                highs.append(torch.as_tensor(high))
+                gts.append(torch.as_tensor(mask[..., 0] > 0))
+                points.append(coords)
+        if len(highs) == 1:
+            logits, gt = highs[0], gts[0]
+        else:  # the k references side by side as one (3, 1, sum of H_i W_i) image
+            logits = torch.cat([h.reshape(3, 1, -1) for h in highs], dim=2)
+            gt = torch.cat([g.reshape(1, -1) for g in gts], dim=1)
+        fit = fit_scale_weights(
+            logits,
+            gt,
+            logger=logger,
+            trainer=self.trainer,
+            log_name=f"fit/{name}/loss" if name else "fit/loss",
+            **self.scale_weights,
+        )
+        target.fit = fit
+        target.mask_weights = np.asarray(fit.weights, dtype=np.float32)
+        target.ref_points = points[0]
+        return target
+
+    def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
+        """The weighted multi-scale mask, then the cascaded refinement, for one prompt."""
+        high, low = self._multiscale(predictor, target, attn_sim, coords, labels)
+        from persam.model.scale_weights import mix_masks
+
+        mixed_high = mix_masks(torch.as_tensor(high), target.mask_weights)
+        mask = (mixed_high > self.sam.mask_threshold).numpy()
+        mixed_low = mix_masks(low, target.mask_weights)[None]
+        refined = cascaded_refinement(
+            predictor, coords, labels, mask, mixed_low, steps=self.refine_steps, box_on_first=True
+        )
+        warnings = list(refined.warnings)
+        if not mask.any():
+            warnings.insert(0, "the mixed (weighted) mask is empty")
+        return _Decoded(refined.mask, mask, mixed_low, refined.steps, warnings)
+
+
+def references(image, mask_rgb) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One reference or k: (image, mask) arrays or two lists -> two lists of k arrays."""
+    images = list(image) if isinstance(image, list | tuple) else [image]
+    masks = list(mask_rgb) if isinstance(mask_rgb, list | tuple) else [mask_rgb]
+    if not images or len(images) != len(masks):
+        raise ValueError(
+            f"need as many reference masks as reference images (>= 1), got {len(images)} images "
+            f"and {len(masks)} masks"
+        )
+    return images, masks
