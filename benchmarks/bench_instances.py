@@ -28,9 +28,9 @@ from hydra.utils import instantiate
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import read_annotation, read_image
 from persam.data.synthetic import synthetic_dataset
+from persam.metrics.image import InstanceMeter
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM
-from persam.metrics.image import InstanceMeter
 
 
 class CountingEncoder(Encoder):

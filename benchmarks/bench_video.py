@@ -51,10 +51,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
-from persam.model import location_prior  # noqa: E402
-from persam.model.cache import EmbeddingCache  # noqa: E402
 from persam.conf import CONFIG_DIR  # noqa: E402
 from persam.data.synthetic_video import render_sequence  # noqa: E402
+from persam.model import location_prior  # noqa: E402
+from persam.model.cache import EmbeddingCache  # noqa: E402
 from persam.model.encoder import Encoder  # noqa: E402
 from persam.model.method import PerSAM, PerSAMF  # noqa: E402
 from persam.model.refine import mask_box  # noqa: E402

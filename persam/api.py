@@ -20,7 +20,9 @@ __all__ = ["backbone_names", "build_sam"]
 
 def backbone_names() -> list[str]:
     """The backbones of `conf/backbone/` (`base` is the shared part, not a backbone)."""
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / "backbone").glob("*.yaml") if p.stem != "base")
+    return sorted(
+        p.stem for p in (Path(CONFIG_DIR) / "backbone").glob("*.yaml") if p.stem != "base"
+    )
 
 
 def _choice_for_path(path: Path) -> str:
@@ -47,7 +49,10 @@ def build_sam(name: str | Path = "embedded", device: str = "auto", **fields: Any
     path = Path(name).expanduser() if isinstance(name, Path) or "/" in str(name) else None
     if path is None and str(name) not in backbone_names():
         candidate = Path(str(name)).expanduser()
-        if candidate.suffix in (".pth", ".pt", ".ckpt", ".bin", ".safetensors") or candidate.exists():
+        if (
+            candidate.suffix in (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+            or candidate.exists()
+        ):
             path = candidate
         else:
             raise ValueError(
@@ -58,9 +63,7 @@ def build_sam(name: str | Path = "embedded", device: str = "auto", **fields: Any
     if path is not None:
         choice = _choice_for_path(path)
         overrides.setdefault("checkpoint", str(path))
-    args = [f"backbone={choice}"] + [
-        f"++backbone.{k}={_value(v)}" for k, v in overrides.items()
-    ]
+    args = [f"backbone={choice}"] + [f"++backbone.{k}={_value(v)}" for k, v in overrides.items()]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=args)
     return instantiate(cfg.backbone)

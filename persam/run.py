@@ -27,10 +27,6 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam.backbones.sam import BackboneError, is_random
-from persam.conf import CONFIG_DIR
-from persam.model.encoder import Encoder
-from persam.tasks.loggers import RunLogger
 from persam.app.preflight import (
     PreflightError,
     check_device,
@@ -38,8 +34,12 @@ from persam.app.preflight import (
     resume_argv,
     warn_model_reach,
 )
-from persam.tasks.runner import RunInterrupted, Runner
 from persam.app.schema import ConfigError, check_config, check_overrides
+from persam.backbones.sam import BackboneError, is_random
+from persam.conf import CONFIG_DIR
+from persam.model.encoder import Encoder
+from persam.tasks.loggers import RunLogger
+from persam.tasks.runner import RunInterrupted, Runner
 
 log = logging.getLogger("persam.run")
 
@@ -72,17 +72,16 @@ def build_method(cfg: DictConfig, **runtime):
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
-            import inspect
+            from dataclasses import fields
 
             target = hydra.utils.get_class(cfg.method._target_)
-            fields = [
-                p for p in inspect.signature(target).parameters if p not in ("self", *runtime)
-            ]
+            options = getattr(target, "Options", None)
+            names = [f.name for f in fields(options)] if options else []
             log.error(
                 "method '%s' has no such component (%s). Its fields are: %s.",
                 cfg.method.name,
-                cause,
-                ", ".join(fields),
+                str(cause).split(": the fields are")[0],
+                ", ".join(names),
             )
             raise SystemExit(2) from exc
         if isinstance(cause, ValueError):  # a bad value (method.instances=0, ...): say which
@@ -94,9 +93,8 @@ def build_method(cfg: DictConfig, **runtime):
 def build_dataset(cfg: DictConfig):
     """`cfg.data` without its `task` entry; a bad dataset (`DataError`: a missing file, a bad
     field) stops with its message, which names the file or field and the fix."""
-    from persam.data.perseg import DataError
-
     from persam.data import build_dataset as dataset_of
+    from persam.data.perseg import DataError
 
     try:
         return dataset_of(cfg.data)

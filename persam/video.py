@@ -22,8 +22,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from persam.conf import CONFIG_DIR
 from persam.app.preflight import resume_argv
+from persam.conf import CONFIG_DIR
 from persam.run import run
 
 log = logging.getLogger("persam.video")

@@ -79,7 +79,9 @@ def test_every_mask_form_gives_the_cli_masks(golden, cli_masks, sam, method):
     images = golden / "perseg-mini" / "Images" / OBJECT
     model = persam.PerSAM(sam) if method == "persam" else persam.PerSAMF(sam)
     reference = np.array(Image.open(images / "00.jpg"))
-    for form, mask in _mask_forms(golden / "perseg-mini" / "Annotations" / OBJECT / "00.png").items():
+    for form, mask in _mask_forms(
+        golden / "perseg-mini" / "Annotations" / OBJECT / "00.png"
+    ).items():
         target = model.learn(reference, mask)
         for n in ("01", "02"):
             got = model.segment(images / f"{n}.jpg", target).mask
@@ -90,7 +92,9 @@ def test_every_mask_form_gives_the_cli_masks(golden, cli_masks, sam, method):
 def test_every_image_form_gives_the_uint8_images_mask(golden, sam):
     images = golden / "perseg-mini" / "Images" / OBJECT
     model = persam.PerSAM(sam)
-    target = model.learn(images / "00.jpg", golden / "perseg-mini" / "Annotations" / OBJECT / "00.png")
+    target = model.learn(
+        images / "00.jpg", golden / "perseg-mini" / "Annotations" / OBJECT / "00.png"
+    )
     rgb = np.array(Image.open(images / "01.jpg"))
     expected = model.segment(rgb, target).mask
     forms = {
@@ -122,7 +126,9 @@ def test_k_references_as_lists(golden, sam):
     images = golden / "perseg-mini" / "Images" / OBJECT
     masks = golden / "perseg-mini" / "Annotations" / OBJECT
     model = persam.PerSAM(sam)
-    target = model.learn([images / "00.jpg", images / "01.jpg"], [masks / "00.png", masks / "01.png"])
+    target = model.learn(
+        [images / "00.jpg", images / "01.jpg"], [masks / "00.png", masks / "01.png"]
+    )
     assert target.shots == 2
 
 

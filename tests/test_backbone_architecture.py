@@ -21,8 +21,8 @@ from segment_anything import sam_model_registry
 import persam
 from persam.backbones.architecture import checkpoint_architecture, normalise, parameter_shapes
 from persam.backbones.sam import CheckpointError, build_architecture
-from persam.model.cache import EmbeddingCache
 from persam.conf import CONFIG_DIR
+from persam.model.cache import EmbeddingCache
 from persam.model.encoder import Encoder
 
 WEIGHTS = Path(persam.__file__).resolve().parent / "weights"

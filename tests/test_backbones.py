@@ -346,8 +346,8 @@ def test_efficientvit_sam_refuses_other_input_sizes():
 
 def test_efficientvit_sam_refuses_vit_fields():
     pytest.importorskip("efficientsam")
-    from persam.backbones.sam import BackboneError
     from persam.backbones.efficientvit_sam import build_efficientvit_sam
+    from persam.backbones.sam import BackboneError
 
     with pytest.raises(BackboneError, match=r"not a ViT.*encoder_depth.*backbone.variant"):
         build_efficientvit_sam(checkpoint="random", device="cpu", encoder_depth=12)
@@ -482,9 +482,9 @@ def test_hf_builtin_attention_similarity_is_not_persams_form(tmp_path):
     pytest.importorskip("transformers")
     from segment_anything import SamPredictor
 
+    from persam.backbones.hf_sam import build_hf_sam
     from persam.model.decoder import personalize
     from persam.model.guided_attention import attention_map
-    from persam.backbones.hf_sam import build_hf_sam
 
     _, path = _sa_checkpoint(tmp_path)
     hf = build_hf_sam(checkpoint=str(path), device="cpu", **SMALL_VIT)

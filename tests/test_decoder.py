@@ -124,7 +124,7 @@ def test_batched_guidance_guides_each_image_with_its_own_target():
     """What the embedded SAM's training does: one decoder call over a batch of images, image b
     guided by map b and target embedding b, equals guiding each image alone (as PerSAM does)."""
     from persam.backbones.sam import build_architecture
-    from persam.training.module import decode
+    from persam.model.decoder import decode_images as decode
 
     torch.manual_seed(0)
     sam = build_architecture(**SMALL_ARCH).eval()

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from helpers import run_cli
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
 from persam.conf import CONFIG_DIR

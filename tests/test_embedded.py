@@ -195,8 +195,8 @@ def _copy(tmp_path: Path, record: bool) -> Path:
 
 
 def test_which_models_and_data_warn_about_the_reach(tmp_path, embedded_sam, caplog):
-    from persam.backbones.sam import build_architecture
     from persam.app.preflight import warn_model_reach
+    from persam.backbones.sam import build_architecture
 
     bare, recorded = _copy(tmp_path, record=False), _copy(tmp_path, record=True)
     arch = json.loads((WEIGHTS / "embedded_sam.json").read_text())["architecture"]

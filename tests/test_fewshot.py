@@ -22,10 +22,10 @@ from persam.data.fewshot import (
 )
 from persam.data.fewshot_synthetic import write_layout
 from persam.data.perseg import DataError
+from persam.metrics.fewshot import episode_areas, fewshot_scores
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM, PerSAMF
 from persam.run import build_dataset
-from persam.metrics.fewshot import episode_areas, fewshot_scores
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -313,7 +313,6 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
 )
 def test_data_configs_build_the_datasets(data, kind, fss_root, coco_root, lvis_root, tmp_path):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     from persam.conf import CONFIG_DIR
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from persam.model import location_prior
 from persam.data.instances import ground_truth_instances, read_instances, write_instances
 from persam.data.perseg import DataError
-from persam.model.method import PerSAM, check_instances
 from persam.metrics.image import InstanceMeter, connected_instances, instance_ious, match_instances
+from persam.model import location_prior
+from persam.model.method import PerSAM, check_instances
 
 # ----------------------------------------------------------------------------- metrics
 

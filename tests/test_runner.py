@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import PerSegDataset
 from persam.model.encoder import Encoder
-from persam.tasks.objects import ObjectTask
-from persam.tasks.loggers import RunLogger
 from persam.model.method import PerSAM
+from persam.tasks.loggers import RunLogger
+from persam.tasks.objects import ObjectTask
 from persam.tasks.runner import Runner
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from persam.model.fit_backends.fused import _LOG1P_COEFS, fused_loss_and_grad, prepare_fused_inputs
 from persam.model.scale_weights import (
     FitResult,
     NonFiniteLossError,
@@ -18,7 +19,6 @@ from persam.model.scale_weights import (
     mix_masks,
     reference_loss,
 )
-from persam.model.fit_backends.fused import _LOG1P_COEFS, fused_loss_and_grad, prepare_fused_inputs
 
 OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 

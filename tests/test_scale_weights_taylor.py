@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from persam.model.scale_weights import fit_scale_weights, make_loss, reference_loss
 from persam.model.fit_backends.fused import combine, fused_loss_and_grad, prepare_fused_inputs
 from persam.model.fit_backends.taylor import MIN_STEPS, TOL, TaylorBackend, taylor_coefficients
+from persam.model.scale_weights import fit_scale_weights, make_loss, reference_loss
 
 
 def _problem(seed, h, w, frac, scale, dtype=torch.float64):

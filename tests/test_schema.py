@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from persam.app.schema import ConfigError, check_config, check_overrides
 from persam.conf import CONFIG_DIR
 from persam.model.method import PerSAMF
-from persam.app.schema import ConfigError, check_config, check_overrides
 
 
 def _compose(overrides: list[str]):

@@ -12,13 +12,13 @@ from helpers import SMALL_ARCH as ARCH
 from helpers import run_cli
 
 from persam.backbones.sam import build_architecture
+from persam.model.decoder import decode_images as decode
 from persam.training.memory import (
     TrainingMemoryError,
     check_memory,
     is_out_of_memory,
     out_of_memory_error,
 )
-from persam.training.module import decode
 from persam.training.prompts import (
     PointSet,
     boxes_from,

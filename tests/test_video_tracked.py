@@ -11,9 +11,10 @@ from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
 from persam.data.synthetic_video import SyntheticVideoDataset
+from persam.model.decoder import decode
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM, PerSAMF
-from persam.model.refine import EmptyMaskError, cascaded_refinement, decode
+from persam.model.refine import EmptyMaskError, cascaded_refinement
 from persam.tasks.video.policy import VideoPolicy
 from persam.tasks.video.segmenter import (
     VideoSegmenter,

@@ -36,9 +36,9 @@ from hydra.utils import instantiate
 
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import foreground, read_annotation, read_image
+from persam.metrics.image import ObjectMeter, mean_over_objects
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM
-from persam.metrics.image import ObjectMeter, mean_over_objects
 from persam.model.refine import cascaded_refinement, mask_box
 from persam.run import build_dataset
 

@@ -13,67 +13,43 @@ Choices are `str` enums (`method.target_pooling`, `method.scale_weights.backend`
 `loop`, `data.exif`).
 OmegaConf also reads `yes`/`no`/`on`/`off`/`1`/`0` as booleans; `check_overrides` refuses those
 spellings on the command line too, so a boolean switch accepts only `true` or `false`.
-A new field of a method or dataset must be added to its schema here (the schemas are strict:
-an unknown key fails at composition). The root schema types the run-level keys only and
+A method's fields are declared once, in its options dataclass (`persam.model.options`); its
+schema here is derived from it. A new field of a dataset must be added to its schema here (the
+schemas are strict: an unknown key fails at composition). The root schema types the run-level keys only and
 leaves the others open.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class Choice(str, Enum):
-    """A choice field: compares, prints and formats as its plain string."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
+from persam.model.options import (  # noqa: F401 - Choice, plain: re-exported
+    Choice,
+    PerSAMFOptions,
+    PerSAMOptions,
+    plain,
+)
 
 
-class Pooling(Choice):
-    mean = "mean"
-    max_mean = "max_mean"
+def _method_schema(options: type, target: str, name: str) -> type:
+    """A method's schema: its options dataclass (the one declaration of its fields) plus the
+    `_target_` and `name` keys of its YAML file."""
+    return make_dataclass(
+        f"{options.__name__.removesuffix('Options')}Schema",
+        [("_target_", str, field(default=target)), ("name", str, field(default=name))],
+        bases=(options,),
+    )
 
 
-class Fused(Choice):
-    compile = "compile"
-    eager = "eager"
+# -- method ----------------------------------------------------------------------------------
+PerSAMSchema = _method_schema(PerSAMOptions, "persam.model.method.PerSAM", "persam")
+PerSAMFSchema = _method_schema(PerSAMFOptions, "persam.model.method.PerSAMF", "persam_f")
 
 
-class Backend(Choice):
-    taylor = "taylor"
-    fused = "fused"
-    reference = "reference"
-
-
-class FitLoop(Choice):
-    """What steps the PerSAM-F fit: a plain PyTorch loop, or the `trainer` group's Trainer."""
-
-    plain = "plain"
-    trainer = "trainer"
-
-
-class ShotPooling(Choice):
-    """k references: pool all masked cells together, or each image alone then average."""
-
-    pixels = "pixels"
-    images = "images"
-
-
-class ShotPoints(Choice):
-    """k references: the prior's points from the pooled target, or from each reference."""
-
-    pooled = "pooled"
-    each = "each"
-
-
+# -- data ------------------------------------------------------------------------------------
 class Exif(Choice):
     """What to do with an EXIF orientation tag (see `persam.data.perseg`)."""
 
@@ -82,53 +58,6 @@ class Exif(Choice):
     ignore = "ignore"  # use the stored pixels of images and masks alike
 
 
-def plain(value: Any) -> Any:
-    """An enum member's value (what the code below the config works with)."""
-    return value.value if isinstance(value, Enum) else value
-
-
-# -- method ----------------------------------------------------------------------------------
-@dataclass
-class PerSAMSchema:
-    _target_: str = "persam.model.method.PerSAM"
-    name: str = "persam"
-    target_pooling: Pooling = Pooling.mean
-    positive_point: bool = True
-    negative_point: bool = True
-    guided_attention: bool = True
-    semantic_prompt: bool = True
-    refine_steps: int = 2
-    instances: Any = 1  # a positive integer or "auto" (checked by the method)
-    instance_threshold: float = 0.9
-    instance_overlap: float = 0.5
-    max_instances: int = 10
-    shot_pooling: ShotPooling = ShotPooling.pixels
-    shot_points: ShotPoints = ShotPoints.pooled
-
-
-@dataclass
-class ScaleWeightsSchema:
-    steps: int = 1000
-    lr: float = 1.0e-3
-    eps: float = 1.0e-4
-    weight_decay: float = 0.01
-    init: float = 1.0 / 3.0
-    alpha: float = 0.25
-    gamma: float = 2.0
-    backend: Backend = Backend.taylor
-    fused: Fused = Fused.compile
-    loop: FitLoop = FitLoop.plain
-    load: Optional[str] = None  # noqa: UP045 - a scale_weights.json (or its run folder)
-
-
-@dataclass
-class PerSAMFSchema(PerSAMSchema):
-    _target_: str = "persam.model.method.PerSAMF"
-    name: str = "persam_f"
-    scale_weights: ScaleWeightsSchema = field(default_factory=ScaleWeightsSchema)
-
-
-# -- data ------------------------------------------------------------------------------------
 @dataclass
 class PerSegSchema:
     task: Any = None  # {_target_: <Task class>, _partial_: true}, built by the entry point
@@ -183,11 +112,9 @@ class RunSchema:
     cache: CacheSchema = field(default_factory=CacheSchema)
 
 
-# Choices of integer fields, checked by `check_config` (OmegaConf types ints, not ranges).
-INT_CHOICES = {"method.refine_steps": (0, 1, 2)}
+# Ranges of the data's integer fields, checked by `check_config` (OmegaConf types ints, not
+# ranges); a method's rules are its options' own (`persam.model.options`).
 POSITIVE_INTS = (
-    "method.scale_weights.steps",
-    "method.max_instances",
     "data.num_objects",
     "data.images_per_object",
     "data.shots",
@@ -255,14 +182,32 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Integer choices and ranges that the types alone do not say; names the field."""
-    for key, choices in INT_CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value not in choices:
-            raise ConfigError(
-                f"{key}={value} is not allowed: choose one of {', '.join(map(str, choices))}."
-            )
+    """The rules the types alone do not say, before any work: the method's options (checked by
+    the options class its `_target_` names) and the data's ranges; names the field."""
+    check_method(cfg.get("method"))
     for key in POSITIVE_INTS:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be at least 1.")
+
+
+def check_method(method: DictConfig | None) -> None:
+    """Build the options of `method` (its class's `Options`) so that a bad value stops here."""
+    if method is None or "_target_" not in method:
+        return
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(method._target_)
+    except Exception:  # noqa: BLE001 - instantiation reports a bad target itself
+        return
+    options = getattr(cls, "Options", None)
+    if options is None:
+        return
+    values = OmegaConf.to_container(method, resolve=True)
+    values = {k: v for k, v in values.items() if k not in ("_target_", "name")}
+    known = {f.name for f in fields(options)}
+    try:
+        options(**{k: v for k, v in values.items() if k in known})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -32,7 +32,7 @@ from persam.backbones.sam import (
     is_random,
     require,
 )
-from persam.model.guided_attention import guided_weights
+from persam.model.guided_attention import guided_class
 
 EXTRA = "hf_sam"
 
@@ -247,31 +247,30 @@ class HFMaskDecoder(nn.Module):
         return masks[:, 0], iou[:, 0]
 
 
-_GUIDED: dict[str, type] = {}
+class HFHeads:
+    """The head adapter of HF's `SamAttention`: its tensors carry a point-batch dimension,
+    its logits are scaled by `scaling`, and it returns (output, weights)."""
+
+    def heads(self, query, key, value, attention_similarity=None, **kwargs):
+        split, n = self._separate_heads, self.num_attention_heads
+        q, k, v = (
+            split(self.q_proj(query), n),
+            split(self.k_proj(key), n),
+            split(self.v_proj(value), n),
+        )
+        return q, k, v, query.shape[1]
+
+    def scale_logits(self, logits: Tensor, q: Tensor) -> Tensor:
+        return logits * self.scaling
+
+    def output(self, out: Tensor, weights: Tensor, point_batch: int):
+        return self.out_proj(self._recombine_heads(out.transpose(1, 2), point_batch)), weights
 
 
 def guided_sam_attention_class() -> type:
     """HF's `SamAttention` with PerSAM's target-guided weights when `guidance` is set."""
-    if "cls" in _GUIDED:
-        return _GUIDED["cls"]
-    SamAttention = require("transformers.models.sam.modeling_sam", EXTRA, "hf_sam").SamAttention
-
-    class GuidedSamAttention(SamAttention):
-        guidance: Tensor | None = None
-
-        def forward(self, query, key, value, attention_similarity=None, **kwargs):
-            if self.guidance is None:
-                return super().forward(query, key, value, attention_similarity, **kwargs)
-            point_batch = query.shape[1]
-            q = self._separate_heads(self.q_proj(query), self.num_attention_heads)
-            k = self._separate_heads(self.k_proj(key), self.num_attention_heads)
-            v = self._separate_heads(self.v_proj(value), self.num_attention_heads)
-            weights = guided_weights(q @ k.transpose(2, 3) * self.scaling, self.guidance)
-            out = (weights @ v).transpose(1, 2)
-            return self.out_proj(self._recombine_heads(out, point_batch)), weights
-
-    _GUIDED["cls"] = GuidedSamAttention
-    return GuidedSamAttention
+    module = require("transformers.models.sam.modeling_sam", EXTRA, "hf_sam")
+    return guided_class(module.SamAttention, HFHeads)
 
 
 class HFSam(Sam):

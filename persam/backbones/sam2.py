@@ -35,7 +35,7 @@ from persam.backbones.sam import (
     is_random,
     require,
 )
-from persam.model.guided_attention import guided_weights
+from persam.model.guided_attention import guided_class
 
 EXTRA = "sam2"
 IMAGE_SIZE = 1024
@@ -74,6 +74,9 @@ class SquareResize:
 
     def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+
+_CLASSES: dict[str, type] = {}
 
 
 def sam2_class():
@@ -125,29 +128,10 @@ def sam2_class():
     return Sam2
 
 
-_CLASSES: dict[str, type] = {}
-
-
 def guided_sam2_attention_class() -> type:
-    """SAM 2's `Attention` with PerSAM's target-guided weights when `guidance` is set."""
-    if "guided" in _CLASSES:
-        return _CLASSES["guided"]
-    attention = import_sam2("sam2.modeling.sam.transformer").Attention
-
-    class GuidedSam2Attention(attention):
-        guidance = None
-
-        def forward(self, q, k, v):
-            if self.guidance is None:
-                return super().forward(q, k, v)
-            q = self._separate_heads(self.q_proj(q), self.num_heads)
-            k = self._separate_heads(self.k_proj(k), self.num_heads)
-            v = self._separate_heads(self.v_proj(v), self.num_heads)
-            weights = guided_weights(q @ k.transpose(2, 3) / q.shape[-1] ** 0.5, self.guidance)
-            return self.out_proj(self._recombine_heads(weights @ v))
-
-    _CLASSES["guided"] = GuidedSam2Attention
-    return GuidedSam2Attention
+    """SAM 2's `Attention` with PerSAM's target-guided weights when `guidance` is set (its
+    interface is `segment_anything`'s, so the same head adapter serves)."""
+    return guided_class(import_sam2("sam2.modeling.sam.transformer").Attention)
 
 
 class Sam2Predictor(SamPredictor):

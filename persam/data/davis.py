@@ -247,7 +247,6 @@ class DavisDataset:
         if len(set(self.names)) != len(self.names):
             raise DataError(f"Sequence names repeat in {split_file}; list each once.")
 
-
     def __len__(self) -> int:
         return len(self.names)
 

@@ -90,7 +90,6 @@ class FewShotDataset:
 
     benchmark = "fewshot"
 
-
     def __init__(self, root, shots: int = 1, episodes: int | None = 1000, seed: int = 0):
         _check_common(shots, episodes, seed)
         self.root = Path(root).expanduser()

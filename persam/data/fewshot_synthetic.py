@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from persam.data.synthetic import GENERATOR_VERSION, render_scene, split_identities
 from persam.data.files import generated_folder
+from persam.data.synthetic import GENERATOR_VERSION, render_scene, split_identities
 
 LAYOUTS = ("fss1000", "coco20i", "lvis92i")
 SIZE = (224, 224)

@@ -64,7 +64,9 @@ def as_image(image: Any) -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
-        raise ValueError(f"An image array is (H, W, 3) RGB; got shape {a.shape}. Use {IMAGE_FORMS}.")
+        raise ValueError(
+            f"An image array is (H, W, 3) RGB; got shape {a.shape}. Use {IMAGE_FORMS}."
+        )
     a = _to_uint8(a)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)

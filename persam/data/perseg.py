@@ -386,7 +386,6 @@ class PerSegDataset:
             raise DataError(f"No object folders in {self.images_dir}.")
         self.names = available
 
-
     def __len__(self) -> int:
         return len(self.names)
 

@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 from persam.data.davis import DavisDataset, davis_palette
+from persam.data.files import generated_folder
 from persam.data.synthetic import split_identities
 from persam.data.synthetic.drawing import blend, cached_sprite, colour_jitter, full_mask, warp
 from persam.data.synthetic.scene import _background
-from persam.data.files import generated_folder
 
 #: Bump whenever the drawn pixels change for the same parameters (forces regeneration).
 VIDEO_GENERATOR_VERSION = 1

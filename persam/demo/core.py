@@ -27,8 +27,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from persam.model import location_prior
 from persam.data.perseg import DataError, read_image
+from persam.model import location_prior
+from persam.model.decoder import decode
 from persam.model.encoder import Encoder
 from persam.model.method import EmptyReferenceMask, PerSAM, Prediction, Target
 from persam.tasks.outputs import overlay, write_mask
@@ -135,10 +136,8 @@ def mask_from_points(
     labels = np.array([label for _, _, label in points], dtype=np.int64)
     with MODEL_LOCK:
         predictor = encoder.set_image(image)
-        masks, scores, _ = predictor.predict(
-            point_coords=coords, point_labels=labels, multimask_output=True
-        )
-    return masks[int(np.argmax(scores))]
+        masks, scores, _ = decode(predictor, coords[None], labels[None])
+    return masks[0, int(np.argmax(scores[0]))]
 
 
 def read_test_images(paths: Sequence[str | Path] | None) -> list[tuple[str, np.ndarray]]:

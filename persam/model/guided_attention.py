@@ -36,22 +36,58 @@ def attention_map(sim: Tensor, grid: tuple[int, int], valid: Tensor | None = Non
     return torch.cat(out).sigmoid().unsqueeze(1).flatten(3)
 
 
-class GuidedAttention(Attention):
-    """SAM's `Attention` whose weights are re-weighted by `self.guidance` when it is set.
+class Guided:
+    """PerSAM's target-guided attention for any backbone family's attention module: the one
+    guided forward. Mixed in before the family's own head adapter and attention class.
 
-    With `guidance is None` it runs `segment_anything`'s own forward, unchanged.
+    With `guidance is None` it runs the family's own forward, unchanged. Otherwise the queries,
+    keys and values are split into heads by the adapter's `heads`, the weights are
+    `guided_weights(scale_logits(Q K^T), guidance)` and the adapter's `output` recombines them.
     """
 
     guidance: Tensor | None = None
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(self, *args, **kwargs):
         if self.guidance is None:
-            return super().forward(q, k, v)
-        q = self._separate_heads(self.q_proj(q), self.num_heads)
-        k = self._separate_heads(self.k_proj(k), self.num_heads)
-        v = self._separate_heads(self.v_proj(v), self.num_heads)
-        attn = guided_weights(q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]), self.guidance)
-        return self.out_proj(self._recombine_heads(attn @ v))
+            return super().forward(*args, **kwargs)
+        q, k, v, context = self.heads(*args, **kwargs)
+        weights = guided_weights(self.scale_logits(q @ k.transpose(-2, -1), q), self.guidance)
+        return self.output(weights @ v, weights, context)
+
+
+class SegmentAnythingHeads:
+    """The head adapter of `segment_anything`'s `Attention` (and SAM 2's, which has the same
+    interface): q/k/v projections, `_separate_heads`, logits / sqrt(d), `_recombine_heads`."""
+
+    def heads(self, q: Tensor, k: Tensor, v: Tensor):
+        split = self._separate_heads
+        return (
+            split(self.q_proj(q), self.num_heads),
+            split(self.k_proj(k), self.num_heads),
+            split(self.v_proj(v), self.num_heads),
+            None,
+        )
+
+    def scale_logits(self, logits: Tensor, q: Tensor) -> Tensor:
+        return logits / math.sqrt(q.shape[-1])
+
+    def output(self, out: Tensor, weights: Tensor, context) -> Tensor:
+        return self.out_proj(self._recombine_heads(out))
+
+
+def guided_class(base: type, heads: type = SegmentAnythingHeads) -> type:
+    """The guided subclass of a family's attention class `base` (cached: one class per base)."""
+    cached = _GUIDED_CLASSES.get((base, heads))
+    if cached is None:
+        cached = type(f"Guided{base.__name__}", (Guided, heads, base), {})
+        _GUIDED_CLASSES[(base, heads)] = cached
+    return cached
+
+
+_GUIDED_CLASSES: dict[tuple[type, type], type] = {}
+
+#: `segment_anything`'s attention, guided.
+GuidedAttention = guided_class(Attention)
 
 
 def guided_weights(logits: Tensor, guidance: Tensor) -> Tensor:
@@ -66,14 +102,14 @@ def install(transformer: TwoWayTransformer, cls: type = GuidedAttention) -> list
     """Turn every block's token-to-image cross-attention into a `cls` in place.
 
     `cls` subclasses the attention's own class (`GuidedAttention` for `segment_anything`'s;
-    another backbone's decoder names its own). The modules keep their parameters (state-dict
+    another backbone's decoder names its own, made by `guided_class`). The modules keep their parameters (state-dict
     keys are unchanged); returns them.
     """
     guided = []
     for block in transformer.layers:
         attn = block.cross_attn_token_to_image
         if not isinstance(attn, cls):
-            if not isinstance(attn, cls.__mro__[1]):
+            if not isinstance(attn, cls.__bases__[-1]):  # the family's attention class
                 raise TypeError(f"{cls.__name__} cannot guide a {type(attn).__name__}")
             attn.__class__ = cls
         guided.append(attn)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,16 @@ from segment_anything.modeling import Sam
 
 from persam.data.inputs import as_annotation, as_image
 from persam.model import location_prior
-from persam.model.decoder import personalize
+from persam.model.decoder import decode, personalize
 from persam.model.encoder import Encoder
 from persam.model.guided_attention import attention_map
+from persam.model.options import (
+    PerSAMFOptions,
+    PerSAMOptions,
+    check_instances,  # noqa: F401 - re-exported: persam.model.method.check_instances
+    options_of,
+    plain,
+)
 from persam.model.refine import cascaded_refinement
 
 
@@ -88,102 +95,37 @@ class _Decoded:
     warnings: list[str]
 
 
-def check_instances(instances: int | str) -> int | str:
-    """`method.instances`: a positive integer or `auto`; anything else is a clear error."""
-    if isinstance(instances, str):
-        text = instances.strip().lower()
-        if text == "auto":
-            return "auto"
-        instances = int(text) if text.lstrip("-").isdigit() else text
-    if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
-        raise ValueError(
-            f"method.instances must be a positive integer or 'auto', got {instances!r}: use 1 "
-            f"for the paper's single instance, N for up to N instances per image, or auto"
-        )
-    return instances
-
-
 class PerSAM:
     """Training-free PerSAM; every paper component is one switch.
 
     Args:
-      sam: the frozen SAM backbone (`persam.backbones.sam.build_sam`).
+      sam: the frozen SAM backbone (`persam.build_sam`, `persam.backbones.sam.build_sam`).
       encoder: its image encoder with the embedding cache (default: an uncached `Encoder`).
       trainer: unused by PerSAM; PerSAM-F fits with it (a `lightning.Trainer` factory).
-      target_pooling: `mean` (PerSAM) or `max_mean` (PerSAM-F) pooling for the location prior.
-      positive_point / negative_point: prompt with the similarity arg-max / arg-min.
-      guided_attention: modulate the decoder's token-to-image attention by the similarity map.
-      semantic_prompt: add the target embedding to the decoder's prompt tokens.
-      refine_steps: cascaded post-refinement passes, 0, 1 or 2.
-      shot_pooling: with k references, pool the masked features of all `pixels` together or
-        pool each reference alone and average the k `images` (identical for one reference).
-      shot_points: with k references, the location prior's points on a test image come from
-        the `pooled` target (one positive, one negative: as one-shot) or from `each`
-        reference's own feature (up to k positives and k negatives).
-      instances: instances per image: 1 (the paper), N, or `auto`. After each instance the
-        similarity map is suppressed under its mask and the next peak prompts again (no
-        re-encoding). N: at most N prompts; a mask that mostly overlaps the earlier ones (or is
-        empty) is dropped. auto: stops at such a mask, after `max_instances`, or when the next
-        peak is below `instance_threshold` relative to the first, measured from the map's
-        minimum: (peak_k - min) < instance_threshold * (peak_1 - min).
-      instance_overlap: "mostly overlaps": more than this fraction of the new mask is covered.
+      name: the method's name in logs and results (default: the class's).
+      **options: the fields of `PerSAMOptions` (`persam/model/options.py`, declared once; the
+        config `conf/method/persam.yaml` has the same defaults): the location prior's pooling
+        and points, guided attention, semantic prompt, refinement steps, k-shot pooling and
+        the instances per image.
     """
 
     name = "persam"
+
+    Options = PerSAMOptions
 
     def __init__(
         self,
         sam: Sam,
         encoder: Encoder | None = None,
         trainer: Callable[..., Any] | None = None,
-        name: str = "persam",
-        target_pooling: str = "mean",
-        positive_point: bool = True,
-        negative_point: bool = True,
-        guided_attention: bool = True,
-        semantic_prompt: bool = True,
-        refine_steps: int = 2,
-        shot_pooling: str = "pixels",
-        shot_points: str = "pooled",
-        instances: int | str = 1,
-        instance_threshold: float = 0.9,
-        instance_overlap: float = 0.5,
-        max_instances: int = 10,
+        name: str | None = None,
+        **options: Any,
     ) -> None:
-        target_pooling = getattr(target_pooling, "value", target_pooling)  # schema enum -> str
-        shot_pooling = getattr(shot_pooling, "value", shot_pooling)
-        shot_points = getattr(shot_points, "value", shot_points)
-        if refine_steps not in (0, 1, 2):
-            raise ValueError(f"method.refine_steps must be 0, 1 or 2, got {refine_steps}")
-        if target_pooling not in ("mean", "max_mean"):
-            raise ValueError(
-                f"method.target_pooling must be mean or max_mean, got {target_pooling}"
-            )
-        if shot_pooling not in ("pixels", "images"):
-            raise ValueError(f"method.shot_pooling must be pixels or images, got {shot_pooling}")
-        if shot_points not in ("pooled", "each"):
-            raise ValueError(f"method.shot_points must be pooled or each, got {shot_points}")
-        self.name = name
-        self.target_pooling = target_pooling
-        self.shot_pooling = shot_pooling
-        self.shot_points = shot_points
-        self.positive_point = positive_point
-        self.negative_point = negative_point
-        self.guided_attention = guided_attention
-        self.semantic_prompt = semantic_prompt
-        self.refine_steps = refine_steps
-        self.instances = check_instances(instances)
-        if not 0.0 <= instance_threshold <= 1.0:
-            raise ValueError(
-                f"method.instance_threshold must be in [0, 1], got {instance_threshold}"
-            )
-        if not 0.0 < instance_overlap <= 1.0:
-            raise ValueError(f"method.instance_overlap must be in (0, 1], got {instance_overlap}")
-        if not 1 <= int(max_instances) <= 255:
-            raise ValueError(f"method.max_instances must be in 1..255, got {max_instances}")
-        self.instance_threshold = float(instance_threshold)
-        self.instance_overlap = float(instance_overlap)
-        self.max_instances = int(max_instances)
+        self.options = options_of(self.Options, options)
+        if name is not None:
+            self.name = name
+        for f in fields(PerSAMOptions):  # plain values for the code below
+            setattr(self, f.name, plain(getattr(self.options, f.name)))
         self.sam = sam
         self.encoder = encoder or Encoder(sam)
         self.trainer = trainer
@@ -306,21 +248,21 @@ class PerSAM:
         )
 
     @staticmethod
-    def _prompt(coords: np.ndarray, labels: np.ndarray) -> dict:
+    def _prompt(coords: np.ndarray, labels: np.ndarray) -> tuple:
+        """One prompt's points as `decode` takes them: (1, N, 2), (1, N), or None, None."""
         if len(coords) == 0:
-            return {"point_coords": None, "point_labels": None}
-        return {"point_coords": coords, "point_labels": labels}
+            return None, None
+        return coords[None], labels[None]
 
     def _decode(self, predictor, target: Target, coords, labels, attn_sim) -> _Decoded:
         """Step 0 (guided, single mask) and the cascaded refinement for one prompt."""
         with self._guidance(target, attn_sim):
-            masks, _, low_res = predictor.predict(
-                **self._prompt(coords, labels), multimask_output=False
-            )
+            masks, _, low_res = decode(predictor, *self._prompt(coords, labels), multimask=False)
+        mask, logits = masks[0, 0], low_res[0]
         refined = cascaded_refinement(
-            predictor, coords, labels, masks[0], low_res[0:1], steps=self.refine_steps
+            predictor, coords, labels, mask, logits, steps=self.refine_steps
         )
-        return _Decoded(refined.mask, masks[0], low_res[0:1], refined.steps, refined.warnings)
+        return _Decoded(refined.mask, mask, logits, refined.steps, refined.warnings)
 
     @torch.no_grad()
     def segment(self, image: Any, target: Target) -> Prediction:
@@ -393,57 +335,26 @@ class PerSAM:
 class PerSAMF(PerSAM):
     """PerSAM-F: learn 2 weights mixing SAM's three multi-scale masks on the reference.
 
-    Args (besides PerSAM's; the defaults are the paper's):
-      trainer: a `lightning.Trainer` factory (the `trainer` config group, `_partial_`) that the
-        fit completes with its steps and logger, when `scale_weights.loop=trainer`; None: a
-        CPU Trainer. The default `loop=plain` steps the same module without it.
-      scale_weights: options of `persam.model.scale_weights.fit_scale_weights` (steps, lr, loop, ...), and
-        `load`: a `scale_weights.json` (or the run folder holding it) whose weights are used
-        instead of fitting (the same masks as the run that fitted them).
+    Args: as `PerSAM`, with the fields of `PerSAMFOptions` (PerSAM's, the paper's PerSAM-F
+      defaults, and `scale_weights`: `ScaleWeightsOptions`, the fit's steps, lr, backend, loop,
+      and `load`: a `scale_weights.json` (or its run folder) whose weights are used instead of
+      fitting). `trainer`: a `lightning.Trainer` factory (the `trainer` group, `_partial_`) the
+      fit completes with its steps and logger when `scale_weights.loop=trainer`.
     """
+
+    Options = PerSAMFOptions
+    name = "persam_f"
 
     def __init__(
         self,
         sam: Sam,
         encoder: Encoder | None = None,
         trainer: Callable[..., Any] | None = None,
-        name: str = "persam_f",
-        target_pooling: str = "max_mean",
-        positive_point: bool = True,
-        negative_point: bool = False,
-        guided_attention: bool = False,
-        semantic_prompt: bool = False,
-        refine_steps: int = 2,
-        shot_pooling: str = "pixels",
-        shot_points: str = "pooled",
-        scale_weights: dict | None = None,
-        instances: int | str = 1,
-        instance_threshold: float = 0.9,
-        instance_overlap: float = 0.5,
-        max_instances: int = 10,
+        name: str | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            sam,
-            encoder,
-            trainer,
-            name=name,
-            target_pooling=target_pooling,
-            positive_point=positive_point,
-            negative_point=negative_point,
-            guided_attention=guided_attention,
-            semantic_prompt=semantic_prompt,
-            refine_steps=refine_steps,
-            shot_pooling=shot_pooling,
-            shot_points=shot_points,
-            instances=instances,
-            instance_threshold=instance_threshold,
-            instance_overlap=instance_overlap,
-            max_instances=max_instances,
-        )
-        # plain values (the config schema gives `fused` as an enum)
-        self.scale_weights = {
-            k: getattr(v, "value", v) for k, v in dict(scale_weights or {}).items()
-        }
+        super().__init__(sam, encoder, trainer, name=name, **options)
+        self.scale_weights = self.options.scale_weights.as_kwargs()
         load = self.scale_weights.pop("load", None)
         self.saved_weights = None
         if load:
@@ -455,10 +366,8 @@ class PerSAMF(PerSAM):
     def _multiscale(self, predictor, target: Target, attn_sim, coords, labels):
         """SAM's three masks for the prompt: full-res logits (3, H, W), low-res (3, 256, 256)."""
         with self._guidance(target, attn_sim):
-            high, scores, low = predictor.predict(
-                **self._prompt(coords, labels), multimask_output=True, return_logits=True
-            )
-        return high, low
+            high, _, low = decode(predictor, *self._prompt(coords, labels), return_logits=True)
+        return high[0], low[0]
 
     def learn_annotations(
         self,

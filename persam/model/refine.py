@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from segment_anything import SamPredictor
+
+from persam.model.decoder import decode
 
 log = logging.getLogger(__name__)
 
@@ -59,96 +60,6 @@ class Refinement:
 
 class EmptyMaskError(ValueError):
     """A refinement pass needs the box of an empty mask (`on_empty="raise"`)."""
-
-
-def decode(
-    predictor: SamPredictor,
-    coords: np.ndarray | None,
-    labels: np.ndarray | None,
-    boxes: np.ndarray | None = None,
-    mask_input: np.ndarray | None = None,
-    return_logits: bool = False,
-    best_only: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SAM's three masks for B prompts on the predictor's image, in one decoder pass.
-
-    coords (B, N, 2) (x, y) original pixels or None, labels (B, N), boxes (B, 4) or None,
-    mask_input (B, 1, h, w) or None -> masks (B, 3, H, W) (bool, or logits with
-    `return_logits`), scores (B, 3), low-res logits (B, 3, h, w). With B = 1 this is exactly
-    `SamPredictor.predict` (same transforms, same module calls as `predict_torch`).
-
-    `best_only`: only each prompt's best-scoring mask (first arg-max of its scores) is brought
-    to full resolution -> masks (B, H, W), the same values as the full call's, at a third of
-    the upsampling (for `SamPredictor` itself; another predictor's `predict_torch` upsamples
-    all three and the best are picked).
-    """
-    device = predictor.device
-    coords_t = labels_t = boxes_t = mask_t = None
-    if coords is not None:
-        coords = predictor.transform.apply_coords(coords, predictor.original_size)
-        coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)
-        labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
-    if boxes is not None:
-        boxes = predictor.transform.apply_boxes(boxes, predictor.original_size)
-        boxes_t = torch.as_tensor(boxes, dtype=torch.float, device=device)[:, None, :]
-    if mask_input is not None:
-        mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)
-    with torch.no_grad():
-        if type(predictor).predict_torch is SamPredictor.predict_torch:
-            low, scores = _decode_low_res(predictor, coords_t, labels_t, boxes_t, mask_t)
-            scores = scores.cpu().numpy()
-            masks = _upsample(predictor, low, scores.argmax(axis=1) if best_only else None)
-            if not return_logits:
-                masks = masks > predictor.model.mask_threshold
-            return masks.cpu().numpy(), scores, low.cpu().numpy()
-        masks, scores, low = predictor.predict_torch(
-            coords_t, labels_t, boxes_t, mask_t, multimask_output=True, return_logits=return_logits
-        )
-    masks, scores = masks.cpu().numpy(), scores.cpu().numpy()
-    if best_only:
-        masks = masks[np.arange(len(masks)), scores.argmax(axis=1)]
-    return masks, scores, low.cpu().numpy()
-
-
-def _decode_low_res(predictor: SamPredictor, coords, labels, boxes, mask_input):
-    """`SamPredictor.predict_torch`'s decoder call, multimask, without the upsampling
-    -> low-res logits (B, 3, h, w), scores (B, 3)."""
-    model = predictor.model
-    sparse, dense = model.prompt_encoder(
-        points=None if coords is None else (coords, labels), boxes=boxes, masks=mask_input
-    )
-    return model.mask_decoder(
-        image_embeddings=predictor.features,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )
-
-
-def _upsample(
-    predictor: SamPredictor, low: torch.Tensor, best: np.ndarray | None = None
-) -> torch.Tensor:
-    """`postprocess_masks` of low-res logits (B, M, h, w) -> (B, M, H, W); with `best` (B,),
-    only mask best[b] of each -> (B, H, W).
-
-    It runs on M masks at a time, as `predict_torch` does on one prompt: PyTorch's CPU bilinear
-    interpolation picks its kernel by the channel count (and thread count), and the batch
-    dimension changes no value, so these are the bits of upsampling each prompt's M masks; the
-    picked masks are grouped M to a call (the last group padded with copies). One call per group
-    keeps its planes in the CPU cache (faster than one call over the batch).
-    """
-    b, m = low.shape[:2]
-    groups = low
-    if best is not None:
-        picked = low[torch.arange(b, device=low.device), torch.as_tensor(best, device=low.device)]
-        n = -(-b // m)
-        if n * m > b:
-            picked = torch.cat([picked, picked[-1:].expand(n * m - b, -1, -1)])
-        groups = picked.reshape(n, m, *low.shape[-2:])
-    size = (predictor.input_size, predictor.original_size)
-    full = torch.cat([predictor.model.postprocess_masks(g[None], *size) for g in groups])
-    return full if best is None else full.reshape(-1, *full.shape[-2:])[:b]
 
 
 def cascaded_refinement(

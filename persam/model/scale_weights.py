@@ -49,7 +49,6 @@ import torch
 from torch import Tensor, nn
 
 from persam.data.files import atomic_write
-from persam.model.losses import dice_loss, focal_loss
 from persam.model.fit_backends.fused import (
     FusedMode,
     compile_available,
@@ -59,6 +58,7 @@ from persam.model.fit_backends.fused import (
     warm_up,
 )
 from persam.model.fit_backends.taylor import MIN_STEPS, TaylorBackend
+from persam.model.losses import dice_loss, focal_loss
 
 log = logging.getLogger(__name__)
 

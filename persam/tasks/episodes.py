@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from persam.data.fewshot import Episode, FewShotDataset, as_annotation
-from persam.data.perseg import DataError
 from persam.data.files import atomic_write
-from persam.model.method import EmptyReferenceMask
+from persam.data.perseg import DataError
 from persam.metrics.fewshot import episode_areas, fewshot_scores
+from persam.model.method import EmptyReferenceMask
 from persam.tasks.outputs import write_mask, write_overlay
 from persam.tasks.runner import Task
 

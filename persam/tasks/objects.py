@@ -28,10 +28,10 @@ from persam.data.instances import (
 )
 from persam.data.perseg import DataError, ObjectSet, foreground
 from persam.data.perturb import perturb_annotation
-from persam.tasks.loggers import RunLogger
-from persam.model.method import EmptyReferenceMask, PerSAM, Target
 from persam.metrics.image import InstanceMeter, ObjectMeter, mean_over_objects
+from persam.model.method import EmptyReferenceMask, PerSAM, Target
 from persam.model.scale_weights import write_scale_weights
+from persam.tasks.loggers import RunLogger
 from persam.tasks.outputs import OBJECT_COLUMNS, write_mask, write_overlay
 from persam.tasks.runner import Task
 
@@ -169,7 +169,9 @@ class ObjectTask(Task):
         if len(images) == 1:
             images, masks = images[0], masks[0]
         try:
-            target = method.learn_annotations(images, masks, name=fit_name, logger=self.run_logger.logger)
+            target = method.learn_annotations(
+                images, masks, name=fit_name, logger=self.run_logger.logger
+            )
         except EmptyReferenceMask as exc:
             if kind == "none":
                 raise DataError(

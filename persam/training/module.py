@@ -29,11 +29,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
 from persam.backbones.sam import build_architecture, load_checkpoint
-from persam.model.decoder import personalize
+from persam.model.decoder import decode_images, personalize
 from persam.model.guided_attention import attention_map
 from persam.model.losses import dice_loss, focal_loss, mask_iou
 from persam.training import identity as id_losses
@@ -54,38 +53,6 @@ MULTIMASK = ("min", "nested")
 # third of the background and a model trained from scratch for a few hundred steps collapses to
 # empty masks.
 FOCAL_ALPHA = -1.0
-
-
-def decode(
-    sam: Sam,
-    features: Tensor,
-    points: tuple[Tensor, Tensor] | None,
-    boxes: Tensor | None,
-    mask_input: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """SAM's prompt encoder + mask decoder for a batch of images with one prompt set each.
-
-    `MaskDecoder.predict_masks` repeats every image embedding once per prompt (one image, many
-    prompts); here image i pairs with prompt set i. Returns all four masks (token 0 = the
-    single-mask output, 1-3 = the multimask outputs) as low-res logits (B, 4, 4h, 4w) and the
-    IoU predictions (B, 4).
-    """
-    md = sam.mask_decoder
-    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-    b, c, h, w = features.shape
-    out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
-    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    src = features + dense
-    pos = sam.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
-    hs, src = md.transformer(src, pos, tokens)
-    iou_token, mask_tokens = hs[:, 0], hs[:, 1 : 1 + md.num_mask_tokens]
-    upscaled = md.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper = torch.stack(
-        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1
-    )
-    bu, cu, hu, wu = upscaled.shape
-    masks = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
-    return masks, md.iou_prediction_head(iou_token)
 
 
 class EmbeddedSamModule(L.LightningModule):
@@ -144,7 +111,9 @@ class EmbeddedSamModule(L.LightningModule):
     # -- pieces ----------------------------------------------------------------------------
     def _decode(self, features, points: PointSet, boxes, mask_input, guidance, semantic):
         with self.decoder_handle.guide(guidance, semantic):
-            return decode(self.sam, features, points.tensors(features.device), boxes, mask_input)
+            return decode_images(
+                self.sam, features, points.tensors(features.device), boxes, mask_input
+            )
 
     def _mask_losses(
         self, low: Tensor, iou_pred: Tensor, gt: Tensor, weight: Tensor, scales: Tensor | None

@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from persam.data.files import generated_folder
 from persam.data.instances import write_instances
 from persam.data.synthetic.identities import SPLITS, Identity, split_identities
 from persam.data.synthetic.scene import Scene, render_scene
-from persam.data.files import generated_folder
 
 __all__ = ["GENERATOR_VERSION", "JPEG_QUALITY", "ensure_synthetic", "synthetic_dataset"]
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from persam.model import location_prior
-from persam.model.refine import EmptyMaskError, cascaded_refinement_batch, decode, mask_box
+from persam.model.decoder import decode
+from persam.model.refine import EmptyMaskError, cascaded_refinement_batch, mask_box
 from persam.model.scale_weights import FitResult, fit_scale_weights, mix_masks
 from persam.tasks.video.policy import VideoPolicy
 
@@ -162,13 +163,14 @@ class VideoSegmenter:
         box = mask_box(gt, self.policy.box_margin) if self.policy.box_prompt else None
         coords, labels = self._prompt(sim0, box)
         with torch.no_grad():
-            high, _, _ = predictor.predict(
-                point_coords=coords,
-                point_labels=labels,
-                box=None if box is None else box[None, :],
-                multimask_output=True,
+            high, _, _ = decode(
+                predictor,
+                None if coords is None else coords[None],
+                None if labels is None else labels[None],
+                None if box is None else box[None, :],
                 return_logits=True,
             )
+            high = high[0]
         options = dict(self.method.scale_weights)
         options.update(steps=self.policy.fit_steps, lr=self.policy.fit_lr)
         fit = fit_scale_weights(

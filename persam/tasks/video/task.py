@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from persam.data.perseg import DataError
-from persam.tasks.runner import Task
 from persam.metrics import video as vos
+from persam.tasks.runner import Task
 from persam.tasks.video.outputs import overlay_frame, write_gif, write_label_png
 from persam.tasks.video.policy import VideoPolicy
 from persam.tasks.video.segmenter import EmptyObjectError, VideoSegmenter
