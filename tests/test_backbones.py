@@ -59,7 +59,7 @@ def compose_backbone(*overrides: str):
 
 def mobile_sam_model():
     """`backbone=mobile_sam backbone.checkpoint=random`, built from the config."""
-    pytest.importorskip("mobile_sam", reason="pip install 'persam[mobile_sam]'")
+    pytest.importorskip("mobile_sam", reason="pip install 'persam[mobile-sam]'")
     from hydra.utils import instantiate
 
     cfg = compose_backbone("backbone=mobile_sam", "backbone.checkpoint=random")
@@ -77,7 +77,7 @@ def mobile_sam_own_predictor(sam):
 
 def hf_sam_model():
     """`backbone=hf_sam backbone.checkpoint=random` with a small ViT (SAM's decoder)."""
-    pytest.importorskip("transformers", reason="pip install 'persam[hf_sam]'")
+    pytest.importorskip("transformers", reason="pip install 'persam[hf-sam]'")
     from hydra.utils import instantiate
 
     small = [f"backbone.{k}={v}" for k, v in SMALL_VIT.items()]
@@ -123,7 +123,7 @@ class HFOwnPredictor:
 
 def efficientvit_sam_model():
     """`backbone=efficientvit_sam_l0 backbone.checkpoint=random` (512 px encoder input)."""
-    pytest.importorskip("efficientsam", reason="pip install 'persam[efficientvit_sam]'")
+    pytest.importorskip("efficientsam", reason="pip install 'persam[efficientvit-sam]'")
     from hydra.utils import instantiate
 
     cfg = compose_backbone("backbone=efficientvit_sam_l0", "backbone.checkpoint=random")
@@ -315,7 +315,7 @@ def test_missing_mobile_sam_package_names_the_extra(monkeypatch):
 
     # An entry of None in sys.modules makes `import` fail as if the package were absent.
     monkeypatch.setitem(sys.modules, "mobile_sam.modeling.tiny_vit_sam", None)
-    with pytest.raises(MissingDependencyError, match=r"backbone=mobile_sam.*persam\[mobile_sam\]"):
+    with pytest.raises(MissingDependencyError, match=r"backbone=mobile_sam.*persam\[mobile-sam\]"):
         build_mobile_sam(checkpoint="random", device="cpu")
 
 
@@ -370,7 +370,7 @@ def test_missing_efficientsam_names_the_extra(monkeypatch):
     from persam.backbones.efficientvit_sam import build_efficientvit_sam
 
     monkeypatch.setitem(sys.modules, "efficientsam.models.efficientvit.sam", None)
-    with pytest.raises(MissingDependencyError, match=r"persam\[efficientvit_sam\]"):
+    with pytest.raises(MissingDependencyError, match=r"persam\[efficientvit-sam\]"):
         build_efficientvit_sam(checkpoint="random", device="cpu")
 
 
@@ -526,7 +526,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
     from persam.backbones.hf_sam import build_hf_sam
 
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(MissingDependencyError, match=r"backbone=hf_sam.*persam\[hf_sam\]"):
+    with pytest.raises(MissingDependencyError, match=r"backbone=hf_sam.*persam\[hf-sam\]"):
         build_hf_sam(checkpoint="random", device="cpu", **SMALL_VIT)
 
 

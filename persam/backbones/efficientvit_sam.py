@@ -1,6 +1,6 @@
 """EfficientViT-SAM (Zhang et al. 2024): an EfficientViT image encoder with SAM's decoder.
 
-Only the image encoder comes from the `efficientsam` package (extra `persam[efficientvit_sam]`),
+Only the image encoder comes from the `efficientsam` package (extra `persam[efficientvit-sam]`),
 built by its architecture functions (`efficientvit_sam_l0`, ...); its pretrained builder
 (`create_efficientvit_sam_model`) and its download helper are never called: weights come from a
 checkpoint file the user passes. The prompt encoder, mask decoder and `Sam` are
@@ -32,7 +32,7 @@ from persam.backbones.sam import (
     require,
 )
 
-EXTRA = "efficientvit_sam"
+EXTRA = "efficientvit-sam"
 IMAGE_SIZE = 1024  # SAM's prompt and mask frame
 GRID = 64
 # variant -> the encoder input size its weights were trained at

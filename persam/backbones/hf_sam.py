@@ -1,7 +1,7 @@
 """Hugging Face `transformers`' `SamModel` behind `segment_anything`'s interface (`backbone=hf_sam`).
 
 `HFSam` is a `segment_anything.modeling.Sam` whose image encoder, prompt encoder and mask decoder
-are thin adapters around the `SamModel`'s own modules (extra `persam[hf_sam]`), so
+are thin adapters around the `SamModel`'s own modules (extra `persam[hf-sam]`), so
 `segment_anything.SamPredictor`, the embedding cache, the location prior and the refinement run
 on it unchanged. Checkpoints: a `segment_anything` state dict (mapped by `sam_to_hf_keys`) or
 a `SamModel` state dict.
@@ -34,7 +34,7 @@ from persam.backbones.sam import (
 )
 from persam.model.guided_attention import guided_class
 
-EXTRA = "hf_sam"
+EXTRA = "hf-sam"
 
 
 def _transformers():

@@ -1,7 +1,7 @@
 """MobileSAM (Zhang et al. 2023): SAM with a TinyViT image encoder, built on `segment_anything`.
 
 Only the image encoder comes from the `mobile_sam` package (PyPI `mobilesam-mirror`, extra
-`persam[mobile_sam]`); the prompt encoder, mask decoder and `Sam` are `segment_anything`'s, so
+`persam[mobile-sam]`); the prompt encoder, mask decoder and `Sam` are `segment_anything`'s, so
 the official MobileSAM checkpoint loads as it is and the project's predictor, embedding cache,
 guided attention and semantic prompt apply unchanged.
 
@@ -32,7 +32,7 @@ from persam.backbones.sam import (
     require,
 )
 
-EXTRA = "mobile_sam"
+EXTRA = "mobile-sam"
 # TinyViT's neck reshapes its tokens to a fixed 64 x 64 grid: 1024 px input, 16 px per cell.
 IMAGE_SIZE = 1024
 GRID = 64
