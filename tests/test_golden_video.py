@@ -86,9 +86,10 @@ def _run(golden, sam, method: str, seq: str) -> tuple[dict, list]:
     labels0, _ = sequence.first
     segmenter = VideoSegmenter(_method(method, sam), VideoPolicy(mode="official"))
     trace: dict = {}
-    objects = segmenter.learn(sequence.frame(0), labels0, trace=trace)
+    segmenter.recorder = trace  # the stages, observed (not a production argument)
+    objects = segmenter.learn(sequence.frame(0), labels0)
     frames = ((i, sequence.frame(i)) for i in range(1, len(sequence)))
-    outputs = list(segmenter.run(objects, labels0, frames, trace=trace))
+    outputs = list(segmenter.run(objects, labels0, frames))
     return trace, outputs
 
 

@@ -41,9 +41,10 @@ def _run(sam, sequence, policy, method=None):
     segmenter = VideoSegmenter(method, policy)
     labels0, _ = sequence.first
     trace: dict = {}
-    objects = segmenter.learn(sequence.frame(0), labels0, trace=trace)
+    segmenter.recorder = trace  # the stages, observed (not a production argument)
+    objects = segmenter.learn(sequence.frame(0), labels0)
     frames = ((i, sequence.frame(i)) for i in range(1, len(sequence)))
-    return list(segmenter.run(objects, labels0, frames, trace=trace)), trace, objects
+    return list(segmenter.run(objects, labels0, frames)), trace, objects
 
 
 def test_merge_background_wins_when_no_logit_is_positive_and_ties_go_first() -> None:

@@ -9,8 +9,9 @@ The components are the image path's (`location_prior`, `refine`, `scale_weights`
 `VideoPolicy` says where the video scripts differ. Shapes: H x W frames, n objects, C channels,
 h x w the encoder grid; points are (x, y) and boxes (x1, y1, x2, y2) in frame pixels.
 
-`trace`, when a dict is given, receives the intermediates under the keys of the official
-recording (`obj1/fore_feat`, `f01/obj1/topk_xy`, ...; see ../shared/golden/video/README.md).
+`VideoSegmenter.recorder`, when set to a dict, receives the intermediates under the keys of the
+official recording (`obj1/fore_feat`, `f01/obj1/topk_xy`, ...; see
+../shared/golden/video/README.md): the golden tests observe the stages there.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from persam.model import location_prior
 from persam.model.decoder import decode
+from persam.model.method import PerSAMF
 from persam.model.refine import EmptyMaskError, cascaded_refinement_batch, mask_box
 from persam.model.scale_weights import FitResult, fit_scale_weights, mix_masks
 from persam.tasks.video.policy import VideoPolicy
@@ -97,10 +99,13 @@ class VideoSegmenter:
     (`method.scale_weights`) and that fit's options and Trainer settings.
     """
 
+    #: A dict that receives the intermediates (the golden tests' observation point), or None.
+    recorder: dict | None = None
+
     def __init__(self, method, policy: VideoPolicy) -> None:
         self.method = method
         self.policy = policy
-        self.fine_tuned = getattr(method, "scale_weights", None) is not None
+        self.fine_tuned = isinstance(method, PerSAMF)
         self.topk = policy.points_for(self.fine_tuned)
 
     @property
@@ -112,7 +117,6 @@ class VideoSegmenter:
         self,
         image: np.ndarray,
         label_map: np.ndarray,
-        trace: dict | None = None,
         logger=None,
         name: str = "",
     ) -> list[VideoObject]:
@@ -149,16 +153,16 @@ class VideoSegmenter:
             obj = VideoObject(
                 id=obj_id, feature=feature, ref_peak=float(sim0.max()), warnings=warnings
             )
-            if trace is not None:
-                trace[f"{key}/ref_mask_grid"] = grid.numpy()
-                trace[f"{key}/ref_mask_grid_value"] = values.numpy()
-                trace[f"{key}/fore_feat"] = (feature / feature.norm()).numpy()[None]
+            if self.recorder is not None:
+                self.recorder[f"{key}/ref_mask_grid"] = grid.numpy()
+                self.recorder[f"{key}/ref_mask_grid_value"] = values.numpy()
+                self.recorder[f"{key}/fore_feat"] = (feature / feature.norm()).numpy()[None]
             if self.fine_tuned:
-                self._fit(predictor, obj, sim0, gt, key, trace, logger, name)
+                self._fit(predictor, obj, sim0, gt, key, logger, name)
             objects.append(obj)
         return objects
 
-    def _fit(self, predictor, obj: VideoObject, sim0, gt, key, trace, logger, name) -> None:
+    def _fit(self, predictor, obj: VideoObject, sim0, gt, key, logger, name) -> None:
         """PerSAM-F: fit the mixing weights on frame 0 with the frame-1 prompts of the object."""
         box = mask_box(gt, self.policy.box_margin) if self.policy.box_prompt else None
         coords, labels = self._prompt(sim0, box)
@@ -183,12 +187,12 @@ class VideoSegmenter:
         )
         obj.fit = fit
         obj.weights = np.asarray(fit.weights, dtype=np.float32)
-        if trace is not None:
-            trace[f"{key}/fit_points"] = coords
-            trace[f"{key}/fit_labels"] = labels
-            trace[f"{key}/fit_box"] = box
-            trace[f"{key}/losses"] = fit.losses
-            trace[f"{key}/weights"] = obj.weights
+        if self.recorder is not None:
+            self.recorder[f"{key}/fit_points"] = coords
+            self.recorder[f"{key}/fit_labels"] = labels
+            self.recorder[f"{key}/fit_box"] = box
+            self.recorder[f"{key}/losses"] = fit.losses
+            self.recorder[f"{key}/weights"] = obj.weights
 
     # -- prompts ---------------------------------------------------------------------------
     def _prompt(self, sim: torch.Tensor, box: np.ndarray | None):
@@ -202,7 +206,7 @@ class VideoSegmenter:
         return coords, labels
 
     # -- objects on one frame -------------------------------------------------------------
-    def _segment_objects(self, predictor, objects, sources, keys, trace, sims=None):
+    def _segment_objects(self, predictor, objects, sources, keys, sims=None):
         """The three-step cascade for objects that share a prompt layout (all with a box
         source, or all without), each step one decoder call for all of them.
 
@@ -212,7 +216,7 @@ class VideoSegmenter:
         policy = self.policy
         official = policy.official
         thr = predictor.model.mask_threshold
-        rec = {} if trace is None else trace
+        rec = {} if self.recorder is None else self.recorder
         prompts, boxes = [], []
         for b, (obj, source, key) in enumerate(zip(objects, sources, keys, strict=True)):
             sim = sims[b] if sims is not None and sims[b] is not None else None
@@ -224,7 +228,7 @@ class VideoSegmenter:
             coords, labels = self._prompt(sim, box)
             prompts.append((coords, labels))
             boxes.append(box)
-            if trace is not None:
+            if self.recorder is not None:
                 rec[f"{key}/topk_xy"] = coords[: self.topk]
                 rec[f"{key}/sim_topk_plus1"] = sim.flatten().topk(self.topk + 1)[0].numpy()
                 if box is not None:
@@ -302,15 +306,14 @@ class VideoSegmenter:
         objects: list[VideoObject],
         first_labels: np.ndarray,
         frames: Iterable[tuple[int, np.ndarray]],
-        trace: dict | None = None,
     ) -> Iterator[FrameOutput]:
         """Segment `frames` ((index, RGB (H, W, 3)) for i = 1..T-1) -> one `FrameOutput` each."""
         if self.policy.official:
-            yield from self._run_official(objects, first_labels, frames, trace)
+            yield from self._run_official(objects, first_labels, frames)
         else:
-            yield from self._run_tracked(objects, first_labels, frames, trace)
+            yield from self._run_tracked(objects, first_labels, frames)
 
-    def _run_official(self, objects, first_labels, frames, trace):
+    def _run_official(self, objects, first_labels, frames):
         """The scripts' loop: slot j takes the j-th *surviving* label's mask as its box source,
         writes label j + 1, and the number of slots never grows again."""
         sources = [first_labels == o.id for o in objects]
@@ -323,7 +326,7 @@ class VideoSegmenter:
                 key = f"f{index:02d}/obj{j + 1}"
                 try:
                     ((lg, coords, warn),) = self._segment_objects(
-                        predictor, [objects[j]], [sources[j]], [key], trace
+                        predictor, [objects[j]], [sources[j]], [key]
                     )
                 except EmptyMaskError as exc:
                     raise EmptyMaskError(
@@ -335,15 +338,15 @@ class VideoSegmenter:
                 warnings += [f"frame {index} slot {j + 1}: {w}" for w in warn]
             label_map = merge_logits(logits, list(range(1, n + 1)), shape)
             sources = official_handover(label_map)
-            if trace is not None:
-                trace[f"f{index:02d}/label_map"] = label_map
-                trace[f"f{index:02d}/labels_present"] = np.array(
+            if self.recorder is not None:
+                self.recorder[f"f{index:02d}/label_map"] = label_map
+                self.recorder[f"f{index:02d}/labels_present"] = np.array(
                     labels_of(label_map), dtype=np.uint8
                 )
-                trace[f"f{index:02d}/num_obj_processed"] = n
+                self.recorder[f"f{index:02d}/num_obj_processed"] = n
             yield FrameOutput(index, label_map, points, warnings, image)
 
-    def _run_tracked(self, objects, first_labels, frames, trace):
+    def _run_tracked(self, objects, first_labels, frames):
         """Identity by object id; lost objects searched again from their location prior."""
         policy = self.policy
         sources: dict[int, np.ndarray | None] = {o.id: first_labels == o.id for o in objects}
@@ -378,7 +381,7 @@ class VideoSegmenter:
                     continue
                 keys = [f"f{index:02d}/obj{r[0] + 1}" for r in group]
                 objs, srcs, sims = ([r[k] for r in group] for k in (1, 2, 3))
-                outs = self._segment_objects(predictor, objs, srcs, keys, trace, sims)
+                outs = self._segment_objects(predictor, objs, srcs, keys, sims)
                 for (j, obj, _, _), out in zip(group, outs, strict=True):
                     results[j] = (obj, *out)
             logits, ids, points = [], [], {}
@@ -398,9 +401,9 @@ class VideoSegmenter:
                 sources = {
                     o.id: masks[j] if j < len(masks) else None for j, o in enumerate(objects)
                 }
-            if trace is not None:
-                trace[f"f{index:02d}/label_map"] = label_map
-                trace[f"f{index:02d}/labels_present"] = np.array(
+            if self.recorder is not None:
+                self.recorder[f"f{index:02d}/label_map"] = label_map
+                self.recorder[f"f{index:02d}/labels_present"] = np.array(
                     labels_of(label_map), dtype=np.uint8
                 )
             yield FrameOutput(index, label_map, points, warnings, image)
