@@ -32,7 +32,7 @@ from persam.backbones.sam import (
     require,
 )
 
-EXTRA = "efficientvit_sam"
+EXTRA = "efficientvit-sam"
 IMAGE_SIZE = 1024  # SAM's prompt and mask frame
 GRID = 64
 # variant -> the encoder input size its weights were trained at

@@ -34,7 +34,7 @@ from persam.backbones.sam import (
 )
 from persam.model.guided_attention import guided_weights
 
-EXTRA = "hf_sam"
+EXTRA = "hf-sam"
 
 
 def _transformers():

@@ -32,7 +32,7 @@ from persam.backbones.sam import (
     require,
 )
 
-EXTRA = "mobile_sam"
+EXTRA = "mobile-sam"
 # TinyViT's neck reshapes its tokens to a fixed 64 x 64 grid: 1024 px input, 16 px per cell.
 IMAGE_SIZE = 1024
 GRID = 64
