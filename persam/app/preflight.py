@@ -256,10 +256,35 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None =
                 f"a new run in another folder."
             )
         resuming = metrics.is_file()
-        if not resuming:
+        if not resuming and not recorded_path.is_file():
+            given = _run_overrides(hydra_cfg)
+            if hydra_cfg is not None and not given:
+                raise PreflightError(
+                    f"resume=true: {run_dir} holds no recorded run (no {recorded_path.name} in "
+                    f"{recorded_path.parent}, no metrics.json), and no override says which run "
+                    f"to start there; nothing was run. Give the run's overrides again to start "
+                    f"it in that folder (e.g. `data=... method=... resume=true "
+                    f"hydra.run.dir={run_dir}`; to run the defaults there, name one, e.g. "
+                    f"data=synthetic), or drop resume=true."
+                )
+            log.info(
+                "resume=true: %s holds no recorded run yet; starting the run there with the "
+                "given overrides (%s)",
+                run_dir,
+                " ".join(given),
+            )
+        elif not resuming:
             log.info("resume=true: no finished object in %s yet; starting the run there", run_dir)
     _record(run_dir, cfg, hydra_cfg)
     return resuming
+
+
+def _run_overrides(hydra_cfg: DictConfig | None) -> list[str]:
+    """The command line's overrides that say which run this is (not `resume`, `progress`, ...)."""
+    if hydra_cfg is None:
+        return []
+    given = [str(o) for o in (OmegaConf.select(hydra_cfg, "overrides.task") or [])]
+    return [o for o in given if _key(o).split(".", 1)[0] not in IGNORED_KEYS]
 
 
 def _record(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None) -> None:
