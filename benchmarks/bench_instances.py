@@ -12,6 +12,15 @@ the encodings per image, and the ratios.
     python benchmarks/bench_instances.py                           # embedded SAM
     python benchmarks/bench_instances.py --backbone vit_b          # ViT-B cost (random weights:
                                                                    #  timings only)
+    python benchmarks/bench_instances.py --absent 4 --repeats 1    # + 4 images per object that
+                                                                   #  hold no copy of it
+
+`--absent N` adds, per object, N scenes of the same world without the object (another object of
+the split as the scene's subject, distractors drawn without it): every instance found there is
+a false positive. Printed per method: the images where it returns at most one instance (the
+paper's single answer), the false instances per image, and the false-positive rate (the share
+of those images with more than one instance). `--presence X` sets `method.instance_presence`
+(0: the test off, as before issue 23).
 """
 
 from __future__ import annotations
@@ -28,9 +37,13 @@ from hydra.utils import instantiate
 from persam.conf import CONFIG_DIR
 from persam.data.perseg import read_annotation, read_image
 from persam.data.synthetic import synthetic_dataset
+from persam.data.synthetic.identities import split_identities
+from persam.data.synthetic.scene import render_scene
 from persam.metrics.image import InstanceMeter
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM
+
+ABSENT_SEED = 23  # the draw of the scenes without the object (issue 23)
 
 
 class CountingEncoder(Encoder):
@@ -65,6 +78,8 @@ def main() -> None:
     parser.add_argument("--copies", default="1-3", help="copies of the object per test image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timings per image (median kept)")
+    parser.add_argument("--absent", type=int, default=0, help="images per object without it")
+    parser.add_argument("--presence", type=float, default=None, help="instance_presence (0: off)")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -80,6 +95,8 @@ def main() -> None:
     )
     encoder = CountingEncoder(sam)  # no cache: every encoding counts
     ours = PerSAM(sam, encoder, instances="auto")
+    if args.presence is not None:
+        ours.instance_presence = args.presence
     single = PerSAM(sam, encoder, instances=1)
     runs = {"suppress (ours)": lambda img, t: ours.segment(img, t).instance_map()}
     runs["black out + re-encode"] = lambda img, t: community(single, img, t)
@@ -88,9 +105,19 @@ def main() -> None:
     meters = {k: InstanceMeter() for k in runs}
     from persam.data.instances import read_instances
 
+    absent = {k: [] for k in runs}  # instances returned on images without the object
+    identities = split_identities("heldout", args.seed, args.objects)
     for obj in data:
         ref = read_image(obj.reference_image)
         target = single.learn(ref, read_annotation(obj.reference_annotation, ref.shape))
+        index = int(obj.name[3:5])  # obj<NN>_<family>: the split's NN-th identity
+        pool = [ident for i, ident in enumerate(identities) if i != index]
+        for a in range(args.absent):
+            rng = np.random.default_rng([ABSENT_SEED, args.seed, index, a])
+            subject = pool[(index + a) % len(pool)]
+            image = render_scene(subject, rng, distractor_pool=pool).image
+            for name, run in runs.items():
+                absent[name].append(int(run(image, target).max()))
         for stem, path in obj.images.items():
             if stem == obj.reference:
                 continue
@@ -125,6 +152,17 @@ def main() -> None:
             f"{r['precision']:6.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
             f"{r['found']:>4d}/{r['ground_truth']:<4d}"
         )
+    if args.absent:
+        print(
+            f"{len(absent['suppress (ours)'])} images without the object ({args.absent} per object):"
+        )
+        print(f"{'method':24s} {'<=1 inst':>9s} {'false/img':>10s} {'FP rate':>8s}")
+        for name, counts in absent.items():
+            counts = np.array(counts)
+            print(
+                f"{name:24s} {np.mean(counts <= 1):9.3f} {counts.mean():10.2f} "
+                f"{np.mean(counts > 1):8.3f}"
+            )
     (t_ours, r_ours), (t_comm, r_comm) = res["suppress (ours)"], res["black out + re-encode"]
     print(
         f"time ratio (re-encode / ours): {t_comm / t_ours:.2f}x; recall ratio (ours / "

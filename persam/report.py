@@ -21,7 +21,8 @@ J and F per variant and J&F per sequence (`report_sequences.csv`).
 Only complete runs are ranked. Jobs that did not finish (no metrics.json, or `complete: false`
 in it: killed or interrupted, reported as "incomplete" with the command that resumes them),
 jobs of the sweep that never started (listed in `<sweep>/multirun.yaml`, no job folder), and
-jobs with failed units are listed under the problems; the complete ones are still reported.
+jobs with failed units (an object, episode or sequence that failed on bad data: never ranked)
+are listed under the problems; the complete ones are still reported.
 """
 
 from __future__ import annotations
@@ -76,8 +77,13 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        """A complete run: metrics.json with an entry for every expected object."""
-        return self.metrics is not None and self.metrics.get("complete", True) is True
+        """A complete run: metrics.json with an entry for every expected unit and no failed
+        unit (a run with failed units is never ranked, whatever `complete` an older run wrote)."""
+        return (
+            self.metrics is not None
+            and self.metrics.get("complete", True) is True
+            and not self.metrics.get("n_failed")
+        )
 
 
 def _keep(override: str) -> bool:
@@ -118,6 +124,31 @@ def _incomplete(folder: Path, metrics: dict) -> str:
         f"incomplete: {count} {units[0] if units else 'units'} finished (killed or "
         f"interrupted); not ranked. Finish it with `python -m {module} resume=true "
         f"hydra.run.dir={folder}`"
+    )
+
+
+def _failed(folder: Path, metrics: dict) -> str:
+    """A run with failed units (bad data): never ranked, whatever its other units scored."""
+    unit = kind_of(metrics).unit_key
+    if "episodes" in metrics:
+        unit = "episodes"
+    failed = [str(n) for n in metrics.get("failed", [])]
+    shown = ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
+    module = "persam.video" if unit == "sequences" else "persam.run"
+    interrupted = metrics.get("finished") is False or (
+        metrics.get("finished") is None and metrics.get("complete", True) is not True
+    )
+    note = " (and interrupted before the end)" if interrupted else ""
+    unscored = metrics.get("classes_without_episodes") or []
+    classes = (
+        f"; classes with no scored episode: {', '.join(map(str, unscored[:10]))}"
+        if unscored
+        else ""
+    )
+    return (
+        f"failed {unit}: {shown}{note}{classes}; not ranked. The errors (the file and the fix) "
+        f"are in {folder / 'metrics.json'}; fix the data and finish it with `python -m "
+        f"{module} resume=true hydra.run.dir={folder}`"
     )
 
 
@@ -188,11 +219,10 @@ def find_jobs(sweep: Path) -> list[Job]:
                 f"incomplete: no metrics.json, the job did not finish its first object ({where}); "
                 f"not ranked"
             )
-        if metrics is not None and metrics.get("complete", True) is not True:
-            problems.append(_incomplete(folder, metrics))
         if metrics is not None and metrics.get("n_failed"):
-            unit = kind_of(metrics).unit_key
-            problems.append(f"failed {unit}: {', '.join(metrics.get('failed', []))}")
+            problems.append(_failed(folder, metrics))
+        elif metrics is not None and metrics.get("complete", True) is not True:
+            problems.append(_incomplete(folder, metrics))
         jobs.append(Job(folder, _read_overrides(folder), metrics, problems=problems))
     if sweep not in candidates:
         module = _entry_module(sweep)

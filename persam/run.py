@@ -29,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from persam.app.preflight import (
     PreflightError,
+    check_dependencies,
     check_device,
     claim_run_dir,
+    refuse,
     resume_argv,
     warn_model_reach,
 )
@@ -127,18 +129,21 @@ def check_task(cfg: DictConfig, runs: tuple[str, ...], entry: str) -> None:
 
 
 def preflight(cfg: DictConfig, run_dir: Path, runs: tuple[str, ...], entry: str) -> bool:
-    """Config values, GPU, run folder (persam/app/preflight.py): stop once, before any work, then
-    record the config in `run_dir/.hydra`. True when an interrupted run there is continued."""
+    """Config values, the dataset's task, GPU, optional packages, run folder
+    (persam/app/preflight.py): stop once, before any work and before anything is written (the
+    refusal goes to the console only), then record the config in `run_dir/.hydra`. True when an
+    interrupted run there is continued."""
     hc = HydraConfig.get()
     try:
         check_overrides(list(hc.overrides.task))
         check_task(cfg, runs, entry)
         check_config(cfg)
         check_device(cfg)
+        check_dependencies(cfg)
         return claim_run_dir(run_dir, cfg, hc)
     except (ConfigError, PreflightError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+        refuse(log, str(exc))
+        raise SystemExit(2) from None
 
 
 IMAGE_TASKS = ("persam.tasks.objects.ObjectTask", "persam.tasks.episodes.EpisodeTask")

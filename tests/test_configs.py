@@ -157,24 +157,25 @@ def test_compose_backbones(backbone):
     cfg = _compose([f"backbone={backbone}"])
     assert OmegaConf.to_container(cfg.backbone) == EXPECTED_BACKBONES[backbone]
     # SAM's field order (the base's), whatever each file overrides; a family's own fields after
-    base = list(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    base = list(OmegaConf.load(CONF / "backbone_base.yaml"))
     assert list(cfg.backbone)[: len(base)] == base
 
 
 def test_backbone_files_state_only_what_differs_from_the_base():
-    base = OmegaConf.to_container(OmegaConf.load(CONF / "backbone" / "base.yaml"))
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "backbone_base.yaml"))
     for name in BACKBONES:
         own = OmegaConf.load(CONF / "backbone" / f"{name}.yaml")
-        assert list(own.defaults) == ["base", "_self_"], name
+        assert list(own.defaults) == ["/backbone_base@_here_", "_self_"], name
         fields = OmegaConf.to_container(own, resolve=False)
         same = [k for k, v in fields.items() if k in base and v == base[k]]
         assert not same, f"{name}.yaml repeats the base's {same}"
 
 
 def test_the_base_is_not_a_backbone():
-    cfg = _compose(["backbone=base"])
+    cfg = OmegaConf.load(CONF / "backbone_base.yaml")  # not a backbone= choice (issue 23)
+    assert "base" not in _options("backbone")
     with pytest.raises(MissingMandatoryValue, match="name"):
-        instantiate(cfg.backbone)
+        instantiate(cfg)
 
 
 @pytest.fixture(scope="module")

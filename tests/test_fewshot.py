@@ -150,9 +150,10 @@ def test_hsnet_metrics():
     s = fewshot_scores(eps, ["a", "b", "c"])
     assert s["classes"]["a"] == {"iou": 8 / 10, "n_episodes": 2}
     assert s["classes"]["b"]["iou"] == 0.0
-    assert s["classes"]["c"] == {"iou": 0.0, "n_episodes": 0}  # never drawn: counts 0
+    # never drawn: no IoU, left out of the mean and listed (issue 23; HSNet would count it 0)
+    assert s["classes"]["c"] == {"iou": None, "n_episodes": 0}
     assert s["classes_without_episodes"] == ["c"]
-    assert s["miou"] == pytest.approx((0.8 + 0 + 0) / 3)
+    assert s["miou"] == pytest.approx((0.8 + 0) / 2)
     assert s["fbiou"] == pytest.approx((8 / 20 + 35 / 47) / 2)
     with pytest.raises(ValueError, match="not one of the fold's"):
         fewshot_scores([{"class": "z", **areas}], ["a"])

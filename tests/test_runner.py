@@ -62,7 +62,8 @@ def test_a_failing_object_is_recorded_and_the_run_goes_on(sam, data, tmp_path):
     (data / "Images" / "b_disc" / "01.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "run"
     summary = _run(sam, data, out)
-    assert summary["complete"] is True  # every unit has its entry, one of them a failure
+    # every unit has its entry (finished), one of them a failure: not complete (issue 23)
+    assert summary["complete"] is False and summary["finished"] is True
     assert summary["failed"] == ["b_disc"] and summary["n_failed"] == 1
     entry = summary["objects"]["b_disc"]
     assert entry["status"] == "failed" and "01.jpg" in entry["error"]

@@ -182,7 +182,7 @@ def test_bad_sequence_fails_alone_with_the_file_named(tmp_path) -> None:
     assert "frames are missing" in seqs["missing"]["error"]
     assert "gaps in the frame numbering" in seqs["gap"]["error"]
     assert sorted(metrics["failed"]) == ["gap", "missing", "no-first"]
-    assert metrics["complete"] is True
+    assert metrics["complete"] is False and metrics["finished"] is True  # failed: not complete
     assert (out / "Annotations" / "good" / "00003.png").is_file()
 
 

@@ -11,6 +11,12 @@
 - `resume_argv`: `python -m persam.run resume=true hydra.run.dir=FOLDER` continues the run
   recorded in FOLDER with its own overrides (those in `FOLDER/.hydra/overrides.yaml` not given
   again on the command line), so a sweep job resumes with the command line shown by the report.
+- `check_dependencies`: the optional packages the chosen backbone and dataset need (MobileSAM,
+  the Hugging Face SAM, EfficientViT-SAM, SAM 2, pycocotools for COCO-20i / LVIS-92i) are
+  imported before any work; a missing one stops the run in one line naming
+  `pip install 'persam[<extra>]'`.
+- `refuse`: how a refusal made before any work is said: one line on the console, and nothing in
+  the run folder (its `run.log` is opened on the first record it keeps; conf/hydra/default.yaml).
 - `warn_model_reach`: the embedded SAM (trained on the synthetic world alone) on other data says
   once what its numbers there mean and how to use a real SAM checkpoint instead.
 """
@@ -59,6 +65,88 @@ def check_device(cfg: DictConfig) -> None:
             "A GPU was asked for but this machine has none (torch.cuda.is_available() is "
             f"False): {'; '.join(problems)}. Nothing was run."
         )
+
+
+# -- optional dependencies ----------------------------------------------------------------------
+class MissingExtraError(PreflightError):
+    """An optional dependency of the configured run is not importable."""
+
+
+def require_extra(module: str, extra: str, who: str):
+    """Import `module`, or a `MissingExtraError` (one line) naming `pip install 'persam[extra]'`."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingExtraError(
+            f"{who} needs the optional package '{module.split('.')[0]}', which cannot be "
+            f"imported ({reason}). Install it with: pip install 'persam[{extra}]'. Nothing was run."
+        ) from None
+
+
+def _backbone_imports(target: str, name: str) -> None:
+    """Import what the backbone `target` builds with, as its builder does."""
+    from persam.backbones.sam import MissingDependencyError
+
+    who = f"backbone={name}"
+    try:
+        if target.startswith("persam.backbones.mobile_sam."):
+            from persam.backbones.mobile_sam import tiny_vit_class
+
+            tiny_vit_class()  # timm and mobile_sam, timm's model registry kept as it was
+        elif target.startswith("persam.backbones.hf_sam."):
+            require_extra("transformers.models.sam.modeling_sam", "hf-sam", who)
+        elif target.startswith("persam.backbones.efficientvit_sam."):
+            require_extra("efficientsam.models.efficientvit.sam", "efficientvit-sam", who)
+        elif target.startswith("persam.backbones.sam2."):
+            from persam.backbones.sam2 import import_sam2
+
+            import_sam2("sam2.modeling.sam2_base", name)
+    except MissingDependencyError as exc:  # the builders' own check (same extra, same words)
+        raise MissingExtraError(f"{str(exc).splitlines()[0]}. Nothing was run.") from None
+
+
+#: Datasets that read COCO-format masks with pycocotools (extra `fewshot`).
+COCO_DATASETS = ("persam.data.fewshot.COCO20iDataset", "persam.data.fewshot.LVIS92iDataset")
+
+
+def check_dependencies(cfg: DictConfig) -> None:
+    """Import the optional packages the configured backbone and dataset need, before any work:
+    a missing one is a `MissingExtraError` naming the extra to install."""
+    backbone = OmegaConf.select(cfg, "backbone._target_", default=None)
+    if backbone:
+        name = str(OmegaConf.select(cfg, "backbone.name", default=backbone) or backbone)
+        _backbone_imports(str(backbone), name)
+    data = str(OmegaConf.select(cfg, "data._target_", default="") or "")
+    layout = str(OmegaConf.select(cfg, "data.layout", default="") or "")
+    coco = data in COCO_DATASETS or (
+        data == "persam.data.fewshot_synthetic.synthetic_fewshot" and layout != "fss1000"
+    )
+    if coco:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        require_extra("pycocotools.mask", "fewshot", f"data={choices.get('data') or data}")
+
+
+# -- refusals -----------------------------------------------------------------------------------
+def refuse(logger: logging.Logger, message: str) -> None:
+    """Log a refusal made before any work (ERROR) to the console only: a run folder's log file
+    that is not open yet (Hydra's file handler with `delay: true`) is not created for it, so a
+    refused run leaves nothing in its folder. Handlers that are already writing get it too."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    handlers = []
+    node: logging.Logger | None = logger
+    while node is not None:
+        handlers += node.handlers
+        node = node.parent if node.propagate else None
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is None:
+            continue  # not opened yet: opening it would create the file
+        if record.levelno >= handler.level:
+            handler.handle(record)
 
 
 # -- the embedded model's reach -----------------------------------------------------------------
@@ -168,10 +256,35 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None =
                 f"a new run in another folder."
             )
         resuming = metrics.is_file()
-        if not resuming:
+        if not resuming and not recorded_path.is_file():
+            given = _run_overrides(hydra_cfg)
+            if hydra_cfg is not None and not given:
+                raise PreflightError(
+                    f"resume=true: {run_dir} holds no recorded run (no {recorded_path.name} in "
+                    f"{recorded_path.parent}, no metrics.json), and no override says which run "
+                    f"to start there; nothing was run. Give the run's overrides again to start "
+                    f"it in that folder (e.g. `data=... method=... resume=true "
+                    f"hydra.run.dir={run_dir}`; to run the defaults there, name one, e.g. "
+                    f"data=synthetic), or drop resume=true."
+                )
+            log.info(
+                "resume=true: %s holds no recorded run yet; starting the run there with the "
+                "given overrides (%s)",
+                run_dir,
+                " ".join(given),
+            )
+        elif not resuming:
             log.info("resume=true: no finished object in %s yet; starting the run there", run_dir)
     _record(run_dir, cfg, hydra_cfg)
     return resuming
+
+
+def _run_overrides(hydra_cfg: DictConfig | None) -> list[str]:
+    """The command line's overrides that say which run this is (not `resume`, `progress`, ...)."""
+    if hydra_cfg is None:
+        return []
+    given = [str(o) for o in (OmegaConf.select(hydra_cfg, "overrides.task") or [])]
+    return [o for o in given if _key(o).split(".", 1)[0] not in IGNORED_KEYS]
 
 
 def _record(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None) -> None:

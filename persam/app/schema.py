@@ -120,11 +120,14 @@ POSITIVE_INTS = (
     "data.shots",
 )
 
+# Stored at the top of the ConfigStore, not in the `method` / `data` groups, so that `--help`
+# does not offer them as choices (method=persam_schema would fail with MissingMandatoryValue):
+# a group's file names its schema first in its defaults as `/<name>@_here_`.
 SCHEMAS = {
-    ("method", "persam_schema"): PerSAMSchema,
-    ("method", "persam_f_schema"): PerSAMFSchema,
-    ("data", "perseg_schema"): PerSegSchema,
-    ("data", "synthetic_schema"): SyntheticSchema,
+    "persam_schema": PerSAMSchema,
+    "persam_f_schema": PerSAMFSchema,
+    "perseg_schema": PerSegSchema,
+    "synthetic_schema": SyntheticSchema,
 }
 
 
@@ -133,8 +136,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for (group, name), schema in SCHEMAS.items():
-        cs.store(group=group, name=name, node=schema)
+    for name, schema in SCHEMAS.items():
+        cs.store(name=name, node=schema)
     root = OmegaConf.structured(RunSchema)
     OmegaConf.set_struct(root, False)  # typed run-level keys; the rest of config.yaml stays open
     cs.store(name="run_schema", node=root)

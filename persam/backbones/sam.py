@@ -371,7 +371,7 @@ def fitting_architecture(
             if str(exc).startswith("its record")
             else f"Write its architecture beside it, in {beside}: "
             '{"architecture": {"decoder_num_heads": ..., ...}} with the fields of '
-            "conf/backbone/base.yaml, or set the backbone.* architecture fields to the "
+            "conf/backbone_base.yaml, or set the backbone.* architecture fields to the "
             "checkpoint's (backbone.decoder_num_heads=N ...)"
         )
         raise CheckpointError(

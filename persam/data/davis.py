@@ -115,8 +115,25 @@ class VideoSequence:
     def __len__(self) -> int:
         return len(self.frames)
 
+    @cached_property
+    def annotation_files(self) -> dict[str, Path]:
+        """The annotation PNGs by frame stem, the extension in any letter case (`00000.PNG`)."""
+        found: dict[str, Path] = {}
+        if self.annotation_dir.is_dir():
+            for path in sorted(self.annotation_dir.iterdir()):
+                if path.suffix.lower() != ".png" or is_stray(path) or not path.is_file():
+                    continue
+                if path.stem in found:
+                    raise DataError(
+                        f"Sequence '{self.name}': two annotations of frame {path.stem} in "
+                        f"{self.annotation_dir} ({found[path.stem].name}, {path.name}); keep one."
+                    )
+                found[path.stem] = path
+        return found
+
     def annotation_path(self, index: int) -> Path:
-        return self.annotation_dir / f"{self.frames[index].stem}.png"
+        stem = self.frames[index].stem
+        return self.annotation_files.get(stem, self.annotation_dir / f"{stem}.png")
 
     def frame(self, index: int) -> np.ndarray:
         return read_frame(self.frames[index])
@@ -147,12 +164,25 @@ class VideoSequence:
                 f"Sequence '{self.name}' is empty: no .jpg frame in {self.frame_dir}. Add its "
                 "frames or remove it from the split file (or data.sequences)."
             )
+        by_stem: dict[str, list[Path]] = {}
+        for path in self.frames:
+            by_stem.setdefault(path.stem, []).append(path)
+        twice = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+        if twice:
+            stem, paths = next(iter(twice.items()))
+            stray = [p for p in paths if p.suffix.lower() not in (".jpg", ".jpeg")] or paths[1:]
+            raise DataError(
+                f"Sequence '{self.name}': frame {stem} is given twice in {self.frame_dir} "
+                f"({', '.join(p.name for p in paths)}). Remove the stray file {stray[0]} (DAVIS "
+                "frames are <n>.jpg; annotations go in Annotations/, not beside the frames)."
+            )
         numbers = [int(s) if s.isdigit() else None for s in self.stems]
         if None in numbers:
             bad = self.stems[numbers.index(None)]
+            bad_path = self.frames[numbers.index(None)]
             raise DataError(
-                f"Sequence '{self.name}': frame file '{bad}.jpg' is not numbered; DAVIS frames "
-                "are named 00000.jpg, 00001.jpg, ..."
+                f"Sequence '{self.name}': frame file {bad_path} is not numbered; DAVIS frames "
+                "are named 00000.jpg, 00001.jpg, ... Rename it, or remove it if it is a stray file."
             )
         expected = list(range(numbers[0], numbers[0] + len(numbers)))
         if numbers != expected or numbers[0] != 0:
@@ -179,6 +209,15 @@ class VideoSequence:
         width, height = next(iter(sizes))
         labels, _ = self.first
         ids = [int(v) for v in np.unique(labels) if v not in (0, 255)]
+        if not ids and (labels == 255).any():
+            raise DataError(
+                f"Sequence '{self.name}': the first frame's annotation {self.annotation_path(0)} "
+                "has only the value 255 besides background, and 255 is the void label in DAVIS "
+                "(ignored, not an object). Write object k as pixel value k: for one object "
+                "0 = background and 1 = the object, e.g. "
+                "Image.fromarray((mask == 255).astype('uint8'), 'P') (and the same in every "
+                "annotation of the sequence)."
+            )
         if not ids:
             raise DataError(
                 f"Sequence '{self.name}': the first frame's annotation {self.annotation_path(0)} "
@@ -260,7 +299,7 @@ class DavisDataset:
             )
         frames, warnings = [], []
         for path in sorted(folder.iterdir()):
-            if is_stray(path):
+            if is_stray(path) or not path.is_file():
                 warnings.append(f"skipped stray file {path}")
                 continue
             if path.suffix.lower() in (".jpg", ".jpeg", ".png"):

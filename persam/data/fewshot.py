@@ -220,10 +220,17 @@ class FSS1000Dataset(FewShotDataset):
                 f"{missing[:10]}. Fix data.root (the folder holding <class>/<n>.jpg) or "
                 "data.split_file."
             )
+        self.skipped: list[str] = []
         for cls in classes:
             files = []
             for path in sorted((self.root / cls).iterdir()):
-                if is_stray(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                if is_stray(path) or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_dir():
+                    msg = (
+                        f"skipped stray file {path} (not an image or mask of the class); delete "
+                        "it to silence this warning"
+                    )
+                    log.warning(msg)
+                    self.skipped.append(msg)
                     continue
                 if path.suffix.lower() == ".png":
                     continue  # the masks

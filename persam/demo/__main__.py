@@ -58,7 +58,7 @@ def build_demo(cfg: DictConfig, run_dir: Path):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo")
-def main(cfg: DictConfig) -> None:
+def serve(cfg: DictConfig) -> None:
     from persam.demo.app import build_app
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -79,6 +79,26 @@ def main(cfg: DictConfig) -> None:
         allowed_paths=allowed,
         quiet=False,
     )
+
+
+# Options that only print (the config, help): they need no gradio.
+PRINT_ONLY = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion")
+
+
+def main() -> None:
+    """`python -m persam.demo` / `persam-demo`: gradio (extra `demo`) is checked before Hydra
+    starts, so without it the command stops in one line and writes no run folder."""
+    import sys
+
+    from persam.app.preflight import MissingExtraError, require_extra
+
+    if not any(a in PRINT_ONLY or a.startswith("--cfg=") for a in sys.argv[1:]):
+        try:
+            require_extra("gradio", "demo", "python -m persam.demo")
+        except MissingExtraError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    serve()
 
 
 if __name__ == "__main__":

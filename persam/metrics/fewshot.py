@@ -1,8 +1,14 @@
 """Few-shot benchmarks (FSS-1000, COCO-20i, LVIS-92i) are scored as HSNet's evaluator does
 (:func:`episode_areas`, :func:`fewshot_scores`): per class, the sum of the foreground
 intersections over the sum of the foreground unions of its episodes; ``miou`` the mean over the
-fold's classes (a class no episode drew counts 0); ``fbiou`` the mean of the foreground IoU and
-the background IoU, each summed over all the episodes of the fold's classes.
+fold's classes that scored at least one episode; ``fbiou`` the mean of the foreground IoU and
+the background IoU, each summed over all the scored episodes of the fold's classes.
+
+A class with no scored episode (none drawn, or every one of its episodes failed on bad data) has
+no IoU (None): it is left out of the mean and listed in ``classes_without_episodes``. HSNet's
+evaluator counts such a class 0; with its protocols (1000 episodes over 20 COCO classes, every
+FSS-1000 image once) every class is drawn, so the two rules give the same number there, and
+elsewhere a 0 would lower the mean for a class that was never measured.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ def episode_areas(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
 def fewshot_scores(episodes: Sequence[dict], classes: Sequence[str]) -> dict:
     """HSNet's mIoU and FB-IoU over a fold's `classes` from per-episode `episode_areas` entries.
 
-    Each entry has ``"class"`` and the four areas. A class's IoU is its summed foreground
-    intersection over max(summed foreground union, 1), so a class that no episode drew scores 0
-    and still counts in the mean. Returns ``{"miou", "fbiou", "classes": {name: {"iou",
-    "n_episodes"}}, "classes_without_episodes": [...]}`` (fractions in [0, 1]).
+    Each entry (a scored episode) has ``"class"`` and the four areas. A class's IoU is its summed
+    foreground intersection over max(summed foreground union, 1); a class without a scored
+    episode has ``iou: None`` and is left out of the mean (``miou`` is None when no class
+    scored). Returns ``{"miou", "fbiou", "classes": {name: {"iou", "n_episodes"}},
+    "classes_without_episodes": [...]}`` (fractions in [0, 1]).
     """
     if not classes:
         raise ValueError("fewshot_scores() needs the fold's classes")
@@ -51,14 +58,16 @@ def fewshot_scores(episodes: Sequence[dict], classes: Sequence[str]) -> dict:
         sums[e["class"]] += [e["inter_fg"], e["union_fg"], e["inter_bg"], e["union_bg"]]
         counts[e["class"]] += 1
     per_class = {
-        c: {"iou": float(s[0] / max(s[1], 1)), "n_episodes": counts[c]} for c, s in sums.items()
+        c: {"iou": float(s[0] / max(s[1], 1)) if counts[c] else None, "n_episodes": counts[c]}
+        for c, s in sums.items()
     }
+    scored = [r["iou"] for r in per_class.values() if r["iou"] is not None]
     total = np.sum(list(sums.values()), axis=0)
     fg = total[0] / total[1] if total[1] else 0.0
     bg = total[2] / total[3] if total[3] else 0.0
     return {
-        "miou": float(np.mean([r["iou"] for r in per_class.values()])),
-        "fbiou": float((fg + bg) / 2),
+        "miou": float(np.mean(scored)) if scored else None,
+        "fbiou": float((fg + bg) / 2) if scored else None,
         "classes": per_class,
         "classes_without_episodes": [c for c in classes if counts[c] == 0],
     }

@@ -56,6 +56,9 @@ class Target:
     ref_points: np.ndarray | None = None  # PerSAM-F positive point on the (first) reference
     shots: int = 1  # number of references
     locations: torch.Tensor | None = None  # (k, C) each reference's location feature (k > 1)
+    # The location feature's highest cosine similarity with its own reference(s) inside the
+    # mask(s): how similar a true copy of the concept looks (the `auto` instances' presence test).
+    self_peak: float | None = None
 
 
 @dataclass
@@ -184,6 +187,10 @@ class PerSAM:
             grid_mask=grid_masks[0],
             shots=len(images),
         )
+        unit = target.location / target.location.norm()
+        target.self_peak = max(
+            float((f / f.norm(dim=-1, keepdim=True) @ unit).max()) for f in feats
+        )
         if len(images) > 1:
             target.locations = torch.stack(
                 [location_prior.target_embedding(f, self.target_pooling) for f in feats]
@@ -286,6 +293,12 @@ class PerSAM:
             peaks.append(height)
             if k and auto and height < self.instance_threshold * peaks[0]:
                 break
+            if k and auto and target.self_peak is not None:
+                # presence: a further copy must look like the concept on its own reference (its
+                # raw similarity at least `instance_presence` x the reference's own peak); the
+                # peak-over-first test alone passes the flat maps of images without the concept
+                if float(current[peak[1], peak[0]]) < self.instance_presence * target.self_peak:
+                    break
             coords, labels, attn_sim = self._locate(
                 predictor, target, self.negative_point, sim=sim, current=current
             )

@@ -136,7 +136,9 @@ class PerSAMOptions:
     (no re-encoding). N: at most N prompts; a mask that mostly overlaps the earlier ones (more
     than `instance_overlap` of it covered) or is empty is dropped. auto: stops at such a mask,
     after `max_instances`, or when the next peak is below `instance_threshold` relative to the
-    first, measured from the map's minimum: (peak_k - min) < instance_threshold * (peak_1 - min).
+    first, measured from the map's minimum: (peak_k - min) < instance_threshold * (peak_1 - min),
+    or when the next peak's raw similarity is below `instance_presence` x the target's
+    similarity with its own reference: on an image without the concept every peak is low.
     """
 
     target_pooling: Pooling = Pooling.mean  # pooling of the reference features (location prior)
@@ -159,6 +161,10 @@ class PerSAMOptions:
         0.5  # a new mask more than this covered by earlier ones is a duplicate
     )
     max_instances: int = 10  # auto never prompts more than this
+    # auto: a further instance's raw similarity peak must reach this fraction of the target's
+    # peak on its own reference (`Target.self_peak`), so an image without the concept gives
+    # the paper's one instance (measured: experiments/multi_instance/RESULTS.md)
+    instance_presence: float = 0.7
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -180,6 +186,10 @@ class PerSAMOptions:
         if not 0.0 < self.instance_overlap <= 1.0:
             raise ValueError(
                 f"method.instance_overlap must be in (0, 1], got {self.instance_overlap}"
+            )
+        if not 0.0 <= self.instance_presence <= 1.0:
+            raise ValueError(
+                f"method.instance_presence must be in [0, 1], got {self.instance_presence}"
             )
         if not 1 <= int(self.max_instances) <= 255:
             raise ValueError(f"method.max_instances must be in 1..255, got {self.max_instances}")

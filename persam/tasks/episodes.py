@@ -143,19 +143,38 @@ class EpisodeTask(Task):
         return {"class": e.cls, "query": e.query, "supports": ";".join(e.supports), "iou": None}
 
     def summarise(self, results: dict[str, dict]) -> dict:
+        """HSNet's numbers over the episodes that ran (`fewshot_scores`); a failed episode is not
+        scored, and a class with no scored episode has `iou: null`, is left out of `miou` and
+        is listed (`classes_without_episodes`; `classes.<c>.n_failed` says which failed)."""
         ok = [r for r in results.values() if r.get("status") == "ok"]
         scores = fewshot_scores(ok, self.dataset.classes)
+        failed: dict[str, int] = {}
+        for r in results.values():
+            if r.get("status") == "failed":
+                failed[r["class"]] = failed.get(r["class"], 0) + 1
+        classes = {c: {**v, "n_failed": failed.get(c, 0)} for c, v in scores["classes"].items()}
         self._write_csv(results)
         done = len(results) == len(self.episodes)
-        if done and scores["classes_without_episodes"] and not self._warned:
+        unscored = scores["classes_without_episodes"]
+        if done and unscored and not self._warned:
             self._warned = True
-            missing = scores["classes_without_episodes"]
-            log.warning(
-                "%d class(es) of the fold drew no episode and count 0 in mIoU (as in HSNet): %s. "
-                "Raise data.episodes to cover them.",
-                len(missing),
-                ", ".join(missing[:20]),
-            )
+            drawn_failed = [c for c in unscored if failed.get(c)]
+            not_drawn = [c for c in unscored if not failed.get(c)]
+            if drawn_failed:
+                log.warning(
+                    "%d class(es) have no scored episode because every one of their episodes "
+                    "failed (bad data: the errors, with the file and the fix, are in "
+                    "metrics.json): %s. They are left out of mIoU (iou: null).",
+                    len(drawn_failed),
+                    ", ".join(drawn_failed[:20]),
+                )
+            if not_drawn:
+                log.warning(
+                    "%d class(es) of the fold drew no episode: %s. They are left out of mIoU "
+                    "(iou: null; HSNet would count them 0). Raise data.episodes to cover them.",
+                    len(not_drawn),
+                    ", ".join(not_drawn[:20]),
+                )
         return {
             "method": self.method.name,
             "benchmark": self.dataset.benchmark,
@@ -164,8 +183,8 @@ class EpisodeTask(Task):
             "miou": scores["miou"],
             "fbiou": scores["fbiou"],
             "n_episodes": len(ok),
-            "classes": scores["classes"],
-            "classes_without_episodes": scores["classes_without_episodes"],
+            "classes": classes,
+            "classes_without_episodes": unscored,
             "targets_reused": self.targets_reused,
         }
 

@@ -6,6 +6,11 @@ run folder holds in common: the loop, per-unit failure handling, `metrics.json` 
 rewritten after every unit (with `complete` and the `expected` units), resume, Ctrl-C, the
 progress bar and the experiment logger.
 
+`complete` is true only when every expected unit ran and none failed: a run with a failed unit
+(bad data) is not complete, so `persam.report` lists it under the problems and never ranks it;
+`resume=true` after the data is fixed runs the failed units again and completes it. `finished`
+says whether every unit has an entry (the loop ran to its end), failed or not.
+
     task = ObjectTask(method=method, dataset=dataset, run_dir=run_dir, run_logger=logger)
     summary = Runner(run_dir, logger, resume=False).run(task)
 """
@@ -62,7 +67,7 @@ class Task:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; metrics.json was written with `complete: false`."""
+    """Ctrl-C during a run; metrics.json was written with `complete: false, finished: false`."""
 
 
 class Runner:
@@ -121,7 +126,8 @@ class Runner:
             summary.update(task.summarise(ordered))
             summary["n_failed"] = sum(r["status"] == "failed" for r in ordered.values())
             summary["failed"] = [n for n, r in ordered.items() if r["status"] == "failed"]
-            summary["complete"] = complete
+            summary["complete"] = complete and not summary["n_failed"]
+            summary["finished"] = complete
             summary["expected"] = names
             summary[task.unit_key] = ordered
             write_metrics(
