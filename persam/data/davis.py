@@ -178,7 +178,6 @@ class VideoSequence:
             )
         numbers = [int(s) if s.isdigit() else None for s in self.stems]
         if None in numbers:
-            bad = self.stems[numbers.index(None)]
             bad_path = self.frames[numbers.index(None)]
             raise DataError(
                 f"Sequence '{self.name}': frame file {bad_path} is not numbered; DAVIS frames "
