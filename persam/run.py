@@ -9,11 +9,9 @@ the runner (`persam.tasks.runner`) -> return the run's main metric.
 
 from __future__ import annotations
 
-import os
+import persam.app.entry  # noqa: F401 - first: the thread policy, before torch is loaded
 
-# OpenMP threads that spin while waiting cost the PerSAM-F fit 3-5x on a busy machine; must be
-# set before torch is imported. Export OMP_WAIT_POLICY=ACTIVE to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: split
 
 import logging  # noqa: E402
 import sys
@@ -22,11 +20,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from persam.app.entry import build
 from persam.app.preflight import (
     PreflightError,
     check_dependencies,
@@ -56,55 +54,40 @@ def build_backbone(cfg: DictConfig):
     key = OmegaConf.to_yaml(cfg.backbone, resolve=True)
     if key not in _BACKBONE:
         _BACKBONE.clear()
-        try:
-            _BACKBONE[key] = instantiate(cfg.backbone)
-        except InstantiationException as exc:
-            if isinstance(exc.__cause__, BackboneError):
-                log.error("%s", exc.__cause__)
-                raise SystemExit(2) from exc
-            raise
+        _BACKBONE[key] = build(cfg.backbone, refuse=(BackboneError,))
     return _BACKBONE[key]
 
 
 def build_method(cfg: DictConfig, **runtime):
     """`cfg.method` with its backbone, encoder and trainer factory (`runtime`); an unknown field
     is reported with the fields that exist."""
-    try:
-        return instantiate(cfg.method, **runtime)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
-            from dataclasses import fields
 
-            target = hydra.utils.get_class(cfg.method._target_)
-            options = getattr(target, "Options", None)
-            names = [f.name for f in fields(options)] if options else []
-            log.error(
-                "method '%s' has no such component (%s). Its fields are: %s.",
-                cfg.method.name,
-                str(cause).split(": the fields are")[0],
-                ", ".join(names),
-            )
-            raise SystemExit(2) from exc
-        if isinstance(cause, ValueError):  # a bad value (method.instances=0, ...): say which
-            log.error("method '%s': %s", cfg.method.name, cause)
-            raise SystemExit(2) from exc
-        raise
+    def describe(cause: BaseException) -> str:
+        if not isinstance(cause, TypeError):  # a bad value (method.instances=0, ...): say which
+            return str(cause)
+        from dataclasses import fields
+
+        options = getattr(hydra.utils.get_class(cfg.method._target_), "Options", None)
+        names = ", ".join(f.name for f in fields(options)) if options else ""
+        unknown = str(cause).split(": the fields are")[0]
+        return f"has no such component ({unknown}). Its fields are: {names}."
+
+    return build(
+        cfg.method,
+        refuse=(TypeError, ValueError),
+        label=f"method '{cfg.method.name}'",
+        describe=describe,
+        **runtime,
+    )
 
 
 def build_dataset(cfg: DictConfig):
     """`cfg.data` without its `task` entry; a bad dataset (`DataError`: a missing file, a bad
     field) stops with its message, which names the file or field and the fix."""
-    from persam.data import build_dataset as dataset_of
+    from persam.data import data_node
     from persam.data.perseg import DataError
 
-    try:
-        return dataset_of(cfg.data)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, DataError):
-            log.error("%s", exc.__cause__)
-            raise SystemExit(2) from exc
-        raise
+    return build(data_node(cfg.data), refuse=(DataError,))
 
 
 #: The entry point that runs each task, for the message when a dataset reaches the wrong one.

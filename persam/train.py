@@ -18,12 +18,9 @@ come from seeded numpy Generators, prompts from a Generator seeded by (seed, ste
 
 from __future__ import annotations
 
-import os
+import persam.app.entry  # noqa: F401 - first: the thread policy, before torch is loaded
 
-# On a machine shared with other jobs, OpenMP threads that spin while waiting for a descheduled
-# sibling waste most of the CPU; passive waiting costs nothing measurable on an idle one. Must
-# be set before torch (libgomp) is loaded.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: split
 
 import logging  # noqa: E402
 from typing import Any
@@ -32,6 +29,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import persam  # noqa: F401 - registers the ${persam_weights:...} resolver
+from persam.app.entry import build
 from persam.backbones.sam import CheckpointError
 from persam.conf import CONFIG_DIR
 from persam.training.memory import TrainingMemoryError
@@ -45,19 +43,6 @@ def architecture(backbone: DictConfig) -> dict[str, Any]:
     """The `build_architecture` keyword arguments of a backbone config."""
     fields = OmegaConf.to_container(backbone, resolve=True)
     return {k: v for k, v in fields.items() if k not in NON_ARCHITECTURE}
-
-
-def _build(node: DictConfig, **runtime):
-    """`instantiate(node, **runtime)`; a checkpoint error is raised as itself (Hydra wraps it)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **runtime)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, CheckpointError):
-            raise exc.__cause__ from None
-        raise
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -74,7 +59,7 @@ def train(cfg: DictConfig) -> float | None:
         torch.set_num_threads(int(cfg.train.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     arch = architecture(cfg.backbone)
-    model = _build(cfg.train.module, architecture=arch)
+    model = build(cfg.train.module, refuse=(CheckpointError,), architecture=arch)
     data = instantiate(cfg.train.data)
     callbacks = [instantiate(c) for c in cfg.train.callbacks.values()]
     num_params = sum(p.numel() for p in model.sam.parameters())

@@ -10,18 +10,17 @@ group as the task's per-frame policy; returns the overall J&F.
 
 from __future__ import annotations
 
-import os
+import persam.app.entry  # noqa: F401 - first: the thread policy, before torch is loaded
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see persam/run.py
+# isort: split
 
 import logging  # noqa: E402
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from persam.app.entry import build
 from persam.app.preflight import resume_argv
 from persam.conf import CONFIG_DIR
 from persam.run import run
@@ -31,11 +30,7 @@ log = logging.getLogger("persam.video")
 
 def policy(cfg: DictConfig):
     """The `video` config as a `VideoPolicy`; a bad field stops with its message (exit 2)."""
-    try:
-        return instantiate(cfg.video)
-    except InstantiationException as exc:
-        log.error("video: %s", exc.__cause__ or exc)
-        raise SystemExit(2) from exc
+    return build(cfg.video, refuse=(Exception,), label="video")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="video")

@@ -7,12 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def build_dataset(node: Any):
-    """The dataset of a `data` config node, without its `task` entry (the runner's task, which
-    the entry point builds)."""
-    from hydra.utils import instantiate
+def data_node(node: Any) -> dict:
+    """A `data` config node as the dataset's constructor takes it: resolved, without its `task`
+    entry (the runner's task, which the entry point builds)."""
     from omegaconf import OmegaConf
 
     spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     spec.pop("task", None)
-    return instantiate(spec)
+    return spec
+
+
+def build_dataset(node: Any):
+    """The dataset of a `data` config node (`data_node`)."""
+    from hydra.utils import instantiate
+
+    return instantiate(data_node(node))

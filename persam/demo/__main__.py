@@ -7,10 +7,12 @@ python -m persam.demo start_method=persam_f methods.persam_f.scale_weights.steps
 
 from __future__ import annotations
 
+import persam.app.entry  # noqa: F401 - first: the thread policy, before torch is loaded
+
+# isort: split
+
 import os
 
-# As in persam.run (spinning OpenMP threads slow the PerSAM-F fit); before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Gradio: no telemetry, no version check (the page works offline).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
