@@ -22,11 +22,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def golden_path() -> Path:
-    if not (GOLDEN / "tiny_sam.pth").is_file():
+def golden_path(marker: str = "tiny_sam.pth") -> Path:
+    """The golden folder, when `marker` (a file inside it) is present; else skip (or fail)."""
+    if not (GOLDEN / marker).is_file():
         reason = (
             f"golden data not found at {GOLDEN} (expected ../shared/golden beside the repo, or set "
-            f"PERSAM_GOLDEN)"
+            f"PERSAM_GOLDEN; missing {marker})"
         )
         if os.environ.get("PERSAM_REQUIRE_GOLDEN") == "1":
             pytest.fail(reason + "; PERSAM_REQUIRE_GOLDEN=1 makes this a failure")
@@ -37,6 +38,12 @@ def golden_path() -> Path:
 @pytest.fixture(scope="session")
 def golden() -> Path:
     return golden_path()
+
+
+@pytest.fixture(scope="session")
+def golden_gfsam() -> Path:
+    """The official GF-SAM's outputs (../shared/golden/gfsam, its README.md)."""
+    return golden_path("gfsam/README.md") / "gfsam"
 
 
 @pytest.fixture(autouse=True)

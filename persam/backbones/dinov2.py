@@ -254,7 +254,7 @@ class DINOv2Features:
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, 3, S, S) normalised float32 (torchvision's ToTensor, Resize
         on a tensor, Normalize)."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)
         x = F.interpolate(
             x[None],
             (self.input_size, self.input_size),
