@@ -28,7 +28,7 @@ from persam.backbones.dinov2 import dinov2_features
 from persam.cache import EmbeddingCache
 from persam.encoder import Encoder
 from persam.metrics import episode_areas, fewshot_scores
-from persam.model.gf_sam import NO_POINT, GFSAM
+from persam.model.gf_sam import GFSAM, NO_POINT
 
 pytestmark = pytest.mark.golden
 
@@ -323,9 +323,7 @@ def test_output(episode, run, n):
     assert _iou(ours, golden_pred) >= 0.99
     np.testing.assert_array_equal(pred.working_mask, ours)
     if ref["empty_points"]:
-        assert "official_exception" in ref and "UnboundLocalError" in str(
-            ref["official_exception"]
-        )
+        assert "official_exception" in ref and "UnboundLocalError" in str(ref["official_exception"])
         assert not ours.any() and not pred.mask.any() and pred.instances == []
         assert NO_POINT in warnings and NO_POINT in pred.warnings
     else:

@@ -110,7 +110,9 @@ def checkpoint_architecture(state: dict, record: dict | None, name: str, path) -
         ) from exc
     grid = int(round(tokens**0.5))
     if grid * grid != tokens:
-        raise CheckpointError(f"DINOv2 checkpoint {path}: pos_embed of {tokens} + 1 tokens is not a square grid.")
+        raise CheckpointError(
+            f"DINOv2 checkpoint {path}: pos_embed of {tokens} + 1 tokens is not a square grid."
+        )
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     if "blocks.0.mlp.w12.weight" in state:
         ffn, hidden = "swiglu", int(state["blocks.0.mlp.w12.weight"].shape[0]) // 2
@@ -126,7 +128,7 @@ def checkpoint_architecture(state: dict, record: dict | None, name: str, path) -
         raise CheckpointError(
             f"DINOv2 checkpoint {path}: the number of attention heads of a width-{embed_dim} ViT "
             f"cannot be read from its shapes. Write it beside it, in "
-            f"{Path(path).with_suffix('.json')}: {{\"architecture\": {{\"num_heads\": N}}}}."
+            f'{Path(path).with_suffix(".json")}: {{"architecture": {{"num_heads": N}}}}.'
         )
     return dict(
         img_size=grid * patch_size,
@@ -225,7 +227,9 @@ class DINOv2Features:
     ) -> None:
         patch = model.patch_embed.patch_size[0]
         if input_size % patch:
-            raise ValueError(f"features.input_size={input_size} is not a multiple of the patch size {patch}")
+            raise ValueError(
+                f"features.input_size={input_size} is not a multiple of the patch size {patch}"
+            )
         if input_size != model.patch_embed.img_size[0]:
             raise ValueError(
                 f"features.input_size={input_size}: this DINOv2 takes {model.patch_embed.img_size[0]} "
@@ -315,7 +319,9 @@ def build_dinov2(
         state = _unwrap(read_checkpoint(path, name))
         arch = checkpoint_architecture(state, _record(path), name, path)
         expected = ARCHITECTURES.get(name)
-        if expected and any(arch[k] != v for k, v in expected.items() if k in ("embed_dim", "depth")):
+        if expected and any(
+            arch[k] != v for k, v in expected.items() if k in ("embed_dim", "depth")
+        ):
             log.warning(
                 "DINOv2 checkpoint %s is not %s's size (width %d, depth %d): built the checkpoint's "
                 "own architecture.",

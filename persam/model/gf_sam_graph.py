@@ -50,7 +50,9 @@ def generate_prior(
     n = gh * gw
     maxes, means = [], []
     for st, sim in enumerate(similarities):
-        w = F.interpolate(masks[st].unsqueeze(0), size=(gh, gw), mode="bilinear", align_corners=True)
+        w = F.interpolate(
+            masks[st].unsqueeze(0), size=(gh, gw), mode="bilinear", align_corners=True
+        )
         w = w.flatten(2).transpose(-1, -2)  # (1, N, 1)
         weighted = sim * w
         means.append(weighted.mean(1).view(1, 1, gh, gw) / (w.sum() / n + COSINE_EPS))
@@ -95,7 +97,9 @@ def priors(
     neg_region = neg_std > cross
     if not negative_filter:
         neg_region = torch.zeros_like(neg_region)
-    return Priors(neg_sim, neg_mean, sim, mean, half, cross, neg_std, neg_region, cross * ~neg_region)
+    return Priors(
+        neg_sim, neg_mean, sim, mean, half, cross, neg_std, neg_region, cross * ~neg_region
+    )
 
 
 @dataclass
