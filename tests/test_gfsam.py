@@ -19,6 +19,7 @@ from persam.backbones import dinov2
 from persam.encoder import Encoder
 from persam.model.features import SAMFeatures
 from persam.model.gf_sam import GFSAM, EmptyReferenceMask, GFSAMPrediction
+from persam.refine import decode
 from tests.conftest import ROOT
 
 
@@ -155,3 +156,24 @@ def test_empty_references(sam):
         GFSAM(sam, image_size=256, empty_reference="raise").learn(image, empty)
     with pytest.raises(ValueError, match="empty_reference"):
         GFSAM(sam, empty_reference="skip")
+
+
+def test_single_mask_decode_is_sams(sam):
+    """`refine.decode(multimask=False)`, GF-SAM's one mask per point, gives
+    `SamPredictor.predict_torch(multimask_output=False)`'s masks, scores and logits bit for bit
+    (a batch of points, each its own prompt)."""
+    rng = np.random.default_rng(1)
+    predictor = Encoder(sam).set_image(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8))
+    coords = rng.integers(0, 90, (5, 1, 2))
+    labels = np.ones((5, 1), np.int64)
+    prompts = (
+        torch.as_tensor(predictor.transform.apply_coords(coords, (90, 150))).float(),
+        torch.as_tensor(labels),
+    )
+    for logits in (True, False):
+        with torch.no_grad():
+            sams = predictor.predict_torch(*prompts, multimask_output=False, return_logits=logits)
+        ours = decode(predictor, coords, labels, return_logits=logits, multimask=False)
+        assert ours[0].shape == (5, 1, 90, 150)
+        for a, b in zip(ours, sams, strict=True):
+            np.testing.assert_array_equal(a, b.numpy())
