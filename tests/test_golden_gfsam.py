@@ -288,12 +288,36 @@ def test_cluster_classification(episode, run, n):
     np.testing.assert_array_equal(rec["fgbg_labels"], ref["fgbg_labels"])
     np.testing.assert_array_equal(pred.accepted, ref["fgbg_labels"])
     np.testing.assert_allclose(rec["cc_mask_scores"], ref["cc_mask_scores"], atol=1e-4)
-    np.testing.assert_array_equal(rec["cc_growth_rank"], ref["cc_growth_rank"])
-    for name in ("cc_growth_pos_score", "cc_growth_neg_score", "cls_scores"):
-        np.testing.assert_allclose(rec[name], ref[name], atol=1e-3, err_msg=name)
+    _check_growth_order(rec, ref)
+    # the residual scores of a mask depend on the masks examined before it: compared where
+    # the examination order is the official one
+    same = rec["cc_growth_rank"] == ref["cc_growth_rank"]
+    for name in ("cc_growth_pos_score", "cc_growth_neg_score"):
+        np.testing.assert_allclose(rec[name][same], ref[name][same], atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(rec["cls_scores"], ref["cls_scores"], atol=1e-3)
     np.testing.assert_allclose(
         rec["cc_component_last_pos_minus_neg"], ref["cc_component_last_pos_minus_neg"], atol=1e-3
     )
+
+
+def _check_growth_order(rec, ref, tol: float = 1e-4) -> None:
+    """The order masks were examined in during mask growth: the official one, except among
+    masks whose scores are equal to `tol` (the README: ties are frequent and the official sort
+    is not stable; here the SAM embedding and DINOv2 features differ from the official ones in
+    the last bits, so near-equal scores may swap): in each component, the official scores
+    taken in our order never increase by more than `tol`."""
+    ours, theirs, scores = rec["cc_growth_rank"], ref["cc_growth_rank"], ref["cc_mask_scores"]
+    labels = ref["labels_weak"]
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        np.testing.assert_array_equal(np.sort(ours[members]), np.arange(len(members)))
+        in_our_order = scores[members[np.argsort(ours[members])]]
+        assert (np.diff(in_our_order) <= tol).all(), f"component {c}: {in_our_order}"
+        swapped = members[ours[members] != theirs[members]]
+        if len(swapped):  # only near-ties may move
+            order = np.sort(scores[members])[::-1]
+            for k in swapped:
+                assert abs(order[ours[k]] - scores[k]) <= tol, (c, k)
 
 
 @pytest.mark.parametrize("run,n", EPISODES)

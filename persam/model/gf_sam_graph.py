@@ -214,8 +214,17 @@ def bilinear_on_grid(masks: torch.Tensor, grid: tuple[int, int], chunk: int = 16
 
 def union_on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The union of masks (n, 1, S, S) bool at full size, resized bilinearly -> (1, gh, gw)."""
-    union = masks.any(dim=0).float()  # the official (sum > 0), without the int64 sum
+    union = _union(masks).float()
     return F.interpolate(union.unsqueeze(0), grid, mode="bilinear", align_corners=False).squeeze(0)
+
+
+def _union(masks: torch.Tensor) -> torch.Tensor:
+    """(n, 1, H, W) bool -> (1, H, W) bool: the official (sum(dim=0) > 0), OR-ed mask by mask
+    (much faster than a reduction over the first dimension)."""
+    union = masks[0].clone()
+    for mask in masks[1:]:
+        union |= mask
+    return union
 
 
 def cluster_classification(
@@ -370,7 +379,7 @@ def select_and_merge(
     sim = F.interpolate(mean_sim_map.unsqueeze(0), size, mode="bilinear", align_corners=False)
     sim = sim.squeeze(0)
     chosen = torch.where(selected == 1)[0]
-    pred = masks[chosen].any(dim=0) if len(chosen) else torch.zeros((1, *size), dtype=torch.bool)
+    pred = _union(masks[chosen]) if len(chosen) else torch.zeros((1, *size), dtype=torch.bool)
     prob = torch.zeros((1, *size))
     for idx in chosen.tolist():
         prob = torch.maximum(prob, _mean_inside(sim, masks[idx]))
@@ -386,5 +395,5 @@ def select_and_merge(
 
 def _mean_inside(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The official (sim * mask).sum() / mask.sum() * mask (NaN where the mask is empty)."""
-    value = (sim * mask).sum() / mask.sum()
+    value = (sim * mask).sum() / mask.count_nonzero()
     return torch.where(mask, value, torch.zeros((), dtype=value.dtype))
