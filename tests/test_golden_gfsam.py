@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from persam.backbone import build_sam
 from persam.backbones.dinov2 import dinov2_features
-from persam.cache import EmbeddingCache
-from persam.encoder import Encoder
-from persam.metrics import episode_areas, fewshot_scores
+from persam.backbones.sam import build_sam
+from persam.metrics.fewshot import episode_areas, fewshot_scores
+from persam.model.cache import EmbeddingCache
+from persam.model.encoder import Encoder
 from persam.model.gf_sam import GFSAM, NO_POINT
 
 pytestmark = pytest.mark.golden

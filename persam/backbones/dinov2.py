@@ -29,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from persam.backbone import (
+from persam.backbones.sam import (
     CheckpointError,
     MissingDependencyError,
     is_random,
     read_checkpoint,
     resolve_device,
 )
-from persam.cache import EmbeddingCache, module_fingerprint
+from persam.model.cache import EmbeddingCache, module_fingerprint
 
 log = logging.getLogger(__name__)
 

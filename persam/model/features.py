@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from persam.backbones.dinov2 import Tokens
-from persam.encoder import Encoder
+from persam.model.encoder import Encoder
 
 
 class SAMFeatures:

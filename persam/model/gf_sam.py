@@ -5,7 +5,7 @@ Semantically", NeurIPS 2024), as the official code (ANDYZAQ/GF-SAM) executes it.
     -> one SAM mask per point -> mask-coverage graph, weak components -> mask growth per
     component -> point consistency -> OR of the selected masks (or the fallback's one mask)
 
-The API is PerSAM's (`persam.method`): `learn(reference images, masks)` returns a target,
+The API is PerSAM's (`persam.model.method`): `learn(reference images, masks)` returns a target,
 `segment(image, target)` a prediction with `.mask` and `.instances`, so the tasks (objects,
 few-shot episodes, video, demo) call it alike. Like the official evaluation, references and
 query are first resized to `image_size` x `image_size` (PIL bilinear; masks 'nearest'); the
@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from PIL import Image
 from segment_anything.modeling import Sam
 
-from persam.encoder import Encoder
+from persam.data.inputs import as_annotation, as_image
 from persam.model import gf_sam_graph as graph
+from persam.model.encoder import Encoder
 from persam.model.features import SAMFeatures
-from persam.refine import decode
+from persam.model.method import references
+from persam.model.refine import decode
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +86,6 @@ class GFSAMPrediction:
     fallback: bool = False
     warnings: list[str] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)  # PerSAM's; unused
-
-
-def references(image, mask) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    images = [image] if isinstance(image, np.ndarray) else list(image)
-    masks = [mask] if isinstance(mask, np.ndarray) else list(mask)
-    if not images or len(images) != len(masks):
-        raise ValueError(
-            f"need as many reference masks as reference images (>= 1), got {len(images)} images "
-            f"and {len(masks)} masks"
-        )
-    return images, masks
 
 
 def foreground(mask: np.ndarray) -> np.ndarray:
@@ -210,16 +201,27 @@ class GFSAM:
         return out.tokens.float(), tuple(out.grid)
 
     # -- references --------------------------------------------------------------------------
+    def learn(self, image: Any, mask: Any, **options: Any) -> GFSAMTarget:
+        """The target from a reference image and its mask, or lists of k of each (k-shot).
+
+        Any form of `persam.data.inputs` (a path, a PIL image, an array; a mask as a 2-D array,
+        non-zero = foreground, or (H, W, 3|4)). A mask may be given at its image's size or at
+        the working size `image_size` (both are resized to it, as the official loaders do)."""
+        images, masks = references(image, mask)
+        images = [as_image(i) for i in images]
+        masks = [foreground(as_annotation(m)) for m in masks]
+        return self.learn_annotations(images, masks, **options)
+
     @torch.no_grad()
-    def learn(
+    def learn_annotations(
         self,
         image: np.ndarray | Sequence[np.ndarray],
         mask_rgb: np.ndarray | Sequence[np.ndarray],
         **_: Any,
     ) -> GFSAMTarget:
-        """The target from k reference images (H, W, 3) RGB uint8 and their masks (annotations
-        (H, W, 3), foreground R > 0, or (H, W) arrays; a mask may be given at the image's size
-        or at the working size). An empty mask among non-empty ones stays empty (official)."""
+        """The target from k reference images (H, W, 3) RGB uint8 and their annotations (H, W, 3)
+        (foreground R > 0; the tasks' entry) or (H, W) masks. An empty mask among non-empty
+        ones stays empty; all empty: the official centre square (`empty_reference`)."""
         images, masks = references(image, mask_rgb)
         masks_s = torch.stack([self.working_mask(m) for m in masks])  # (K, 1, S, S)
         self._record("support_mask_areas", masks_s.sum(dim=(1, 2, 3)).long())
@@ -274,9 +276,10 @@ class GFSAM:
         return torch.cat(masks), np.concatenate(scores)
 
     @torch.no_grad()
-    def segment(self, image: np.ndarray, target: GFSAMTarget) -> GFSAMPrediction:
-        """Segment the references' class in `image` (H, W, 3) RGB uint8."""
-        image = np.asarray(image)
+    def segment(self, image: Any, target: GFSAMTarget) -> GFSAMPrediction:
+        """Segment the references' class in `image` ((H, W, 3) RGB uint8, or any form of
+        `persam.data.inputs.as_image`)."""
+        image = as_image(image)
         height, width = image.shape[:2]
         s = self.image_size
         image_s = self.working_image(image)
