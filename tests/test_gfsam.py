@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -17,11 +18,10 @@ from hydra.utils import instantiate
 from persam.backbones import dinov2
 from persam.backbones.sam import CheckpointError, MissingDependencyError
 from persam.model.cache import EmbeddingCache, module_fingerprint
+from persam.model.decoder import decode
 from persam.model.encoder import Encoder
 from persam.model.features import SAMFeatures
 from persam.model.gf_sam import GFSAM, EmptyReferenceMask, GFSAMPrediction
-from persam.model.refine import decode
-from tests.conftest import ROOT
 
 
 def _compose(*overrides):
@@ -161,7 +161,7 @@ def test_empty_references(sam):
 
 
 def test_single_mask_decode_is_sams(sam):
-    """`refine.decode(multimask=False)`, GF-SAM's one mask per point, gives
+    """`decoder.decode(multimask=False)`, GF-SAM's one mask per point, gives
     `SamPredictor.predict_torch(multimask_output=False)`'s masks, scores and logits bit for bit
     (a batch of points, each its own prompt)."""
     rng = np.random.default_rng(1)

@@ -33,10 +33,10 @@ from segment_anything.modeling import Sam
 
 from persam.data.inputs import as_annotation, as_image
 from persam.model import gf_sam_graph as graph
+from persam.model.decoder import decode
 from persam.model.encoder import Encoder
 from persam.model.features import SAMFeatures
 from persam.model.method import references
-from persam.model.refine import decode
 
 log = logging.getLogger(__name__)
 
