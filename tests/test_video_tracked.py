@@ -168,7 +168,8 @@ def test_persam_f_empty_mixed_mask_falls_back_to_the_best_scored_mask(embedded, 
         obj.weights = np.zeros(3, np.float32)
     segmenter = VideoSegmenter(PerSAMF(embedded, Encoder(embedded)), VideoPolicy("official"))
     trace: dict = {}
-    out = next(segmenter.run(objects, labels0, [(1, seq.frame(1))], trace=trace))
+    segmenter.recorder = trace
+    out = next(segmenter.run(objects, labels0, [(1, seq.frame(1))]))
     assert trace["f01/obj1/step1_fallback"] is True
     assert not trace["f01/obj1/step1_mixed_mask"].any()
     assert out.labels.shape == labels0.shape

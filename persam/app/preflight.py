@@ -73,7 +73,7 @@ class MissingExtraError(PreflightError):
 
 
 def require_extra(module: str, extra: str, who: str):
-    """Import `module`, or a `MissingExtraError` (one line) naming `pip install 'persam[extra]'`."""
+    """Import `module`, or a `MissingExtraError` (one line) naming `pip install 'persam[<extra>]'`."""
     import importlib
 
     try:
