@@ -358,15 +358,8 @@ class PerSAMF(PerSAM):
     Options = PerSAMFOptions
     name = "persam_f"
 
-    def __init__(
-        self,
-        sam: Sam,
-        encoder: Encoder | None = None,
-        trainer: Callable[..., Any] | None = None,
-        name: str | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(sam, encoder, trainer, name=name, **options)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.scale_weights = self.options.scale_weights.as_kwargs()
         load = self.scale_weights.pop("load", None)
         self.saved_weights = None
