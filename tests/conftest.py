@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("PERSAM_GOLDEN", ROOT.parent / "shared" / "golden"))
 GOLDEN_OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 
+# OpenMP threads that spin while waiting cost several times the CPU on a busy machine (see
+# persam/run.py); set before anything imports torch, for this process and its children.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -51,6 +54,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own cache folder (embeddings, synthetic data)."""
     cache = tmp_path_factory.getbasetemp() / "persam-cache"
     monkeypatch.setenv("PERSAM_CACHE_DIR", str(cache))
+
+
+@pytest.fixture(scope="session")
+def synthetic_heldout(tmp_path_factory) -> Path:
+    """The default held-out synthetic split (`ensure_synthetic(root, "heldout")`: 6 objects x 4
+    images, seed 0), generated once per session in a folder of its own (not the cache, where runs
+    with other sizes regenerate theirs). Read it; copy it before changing anything."""
+    from persam.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), split="heldout")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,32 @@
-"""Small builders shared by tests: tiny PerSeg folders and running the real CLI."""
+"""Small builders shared by tests: tiny PerSeg folders and running the real entry points.
+
+Three ways to run an entry point (`python -m persam.run ...`):
+
+- `run_app`: the module's own console function (`persam.run.cli`, `persam.video.cli`,
+  `persam.train.main`, `persam.report.main`) called in this process with the argv, working folder
+  and environment the command would have; its exit status and its output come back as from
+  `run_cli`. Same code path as the console script from argument parsing (Hydra's included) to
+  `sys.exit`, without starting an interpreter and importing torch again (seconds per run).
+- `run_cli`: the real command in a child process, for what only a process shows (the console
+  script, signals, launchers that start processes, imports of a fresh interpreter).
+- `cli_process`: the same child, started and left running (for Ctrl-C and kill tests).
+
+Every child is started in its own session, with SIGINT deliverable whatever this process
+inherited, and is killed (its whole group) and reaped when the test is done with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -52,19 +74,160 @@ def write_object(root: Path, name: str, n: int = 3, size=(96, 128), seed: int = 
         cv2.imwrite(str(root / "Annotations" / name / f"{i:02d}.png"), mask)
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "persam.run", timeout: int = 900, env=None):
-    """Run `python -m <module> <args>` as a subprocess; returns the CompletedProcess."""
+def _child_env(env: dict | None) -> dict:
     full_env = dict(os.environ)
     full_env.setdefault("WANDB_MODE", "offline")
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return full_env
+
+
+@contextlib.contextmanager
+def _sigint_deliverable() -> Iterator[None]:
+    """While a child is started: SIGINT handled here, so that the child starts with SIGINT at
+    its default (a handled signal is reset by exec, an ignored one is inherited). A background
+    job of a non-interactive shell starts with SIGINT ignored; its children would never see a
+    Ctrl-C. Main thread only (pytest runs tests there)."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except ValueError:  # not the main thread
+        previous = None
+    if previous is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Kill the child's whole process group (it leads its own session) and reap the child."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    else:  # the child is gone; anything it left in its group goes too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            stream.close()
+
+
+@contextlib.contextmanager
+def cli_process(
+    args: list[str], cwd: Path, module: str = "persam.run", env=None, **popen
+) -> Iterator[subprocess.Popen]:
+    """`python -m <module> <args>` started in its own session with SIGINT deliverable; yields
+    the Popen (stdout/stderr as `popen` asks, text mode); always killed and reaped on exit."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    with _sigint_deliverable():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=_child_env(env),
+            text=True,
+            start_new_session=True,
+            **popen,
+        )
+    try:
+        yield proc
+    finally:
+        _end(proc)
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "persam.run", timeout: int = 900, env=None):
+    """Run `python -m <module> <args>` as a subprocess; returns the CompletedProcess."""
+    with cli_process(args, cwd, module, env) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+#: The function each entry point's `if __name__ == "__main__"` calls (its console script).
+ENTRY = {
+    "persam.run": "cli",
+    "persam.video": "cli",
+    "persam.train": "main",
+    "persam.report": "main",
+}
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Hydra configures logging for each job (console handler, `<job>.log` in the run folder):
+    put back the handlers, levels and flags of every logger afterwards, closing Hydra's."""
+    manager = logging.Logger.manager
+    loggers = [
+        logging.getLogger(),
+        *(v for v in manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    saved = {id(lg): (lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers}
+    try:
+        yield
+    finally:
+        for lg in [logging.getLogger(), *manager.loggerDict.values()]:
+            if not isinstance(lg, logging.Logger):
+                continue
+            kept = saved.get(id(lg))
+            handlers = kept[2] if kept else []
+            for h in list(lg.handlers):
+                if h not in handlers:
+                    lg.removeHandler(h)
+                    h.close()
+            if kept:
+                _, level, handlers, propagate, disabled = kept
+                lg.setLevel(level)
+                lg.handlers[:] = handlers
+                lg.propagate, lg.disabled = propagate, disabled
+
+
+def run_app(args: list[str], cwd: Path, module: str = "persam.run", env=None):
+    """`python -m <module> <args>` run in this process (see the module docstring): sys.argv,
+    the working folder and `env` set as the command would have them, stdout/stderr captured, the
+    exit status taken from `SystemExit` (an uncaught exception: its traceback and status 1, as
+    the interpreter does). Returns a CompletedProcess like `run_cli`."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    entry = getattr(importlib.import_module(module), ENTRY[module])
+    import persam.run
+
+    persam.run._BACKBONE.clear()  # a fresh process builds its backbone (and draws its RNG)
+    argv, old_cwd, old_env = sys.argv, os.getcwd(), dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    try:
+        sys.argv = [module, *map(str, args)]
+        os.environ.update(_child_env(env))
+        os.chdir(cwd)
+        with _logging_restored(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry()
+            except SystemExit as exc:
+                code = exc.code
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+    finally:
+        sys.argv = argv
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        persam.run._BACKBONE.clear()
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        err.write(f"{code}\n")
+        code = 1
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def run_in_process(overrides: list[str], run_dir: Path, config_name: str = "config") -> dict:

@@ -44,29 +44,35 @@ def _mask_forms(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cli_masks(golden, tmp_path_factory) -> dict:
-    """The masks `python -m persam.run data=perseg` writes for the golden duck (both methods)."""
-    out = {}
-    for method in ("persam", "persam_f"):
-        run_dir = tmp_path_factory.mktemp(method)
-        summary = run_in_process(
-            [
-                f"method={method}",
-                "data=perseg",
-                f"data.root={golden / 'perseg-mini'}",
-                f"data.objects=[{OBJECT}]",
-                "logger=none",
-                "overlays=false",
-                "progress=false",
-            ],
-            run_dir,
-        )
-        assert summary["complete"]
-        out[method] = {
-            n: cv2.imread(str(run_dir / "masks" / OBJECT / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 0
-            for n in ("01", "02")
-        }
-    return out
+def cli_masks(golden, tmp_path_factory):
+    """The masks `python -m persam.run data=perseg` writes for the golden duck: `cli_masks(method)`
+    (each method's run made once, when first asked for)."""
+    runs: dict[str, dict] = {}
+
+    def masks(method: str) -> dict:
+        if method not in runs:
+            run_dir = tmp_path_factory.mktemp(method)
+            summary = run_in_process(
+                [
+                    f"method={method}",
+                    "data=perseg",
+                    f"data.root={golden / 'perseg-mini'}",
+                    f"data.objects=[{OBJECT}]",
+                    "logger=none",
+                    "overlays=false",
+                    "progress=false",
+                ],
+                run_dir,
+            )
+            assert summary["complete"]
+            runs[method] = {
+                n: cv2.imread(str(run_dir / "masks" / OBJECT / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
+                > 0
+                for n in ("01", "02")
+            }
+        return runs[method]
+
+    return masks
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +80,8 @@ def sam():
     return persam.build_sam("embedded")
 
 
-@pytest.mark.parametrize("method", ["persam", "persam_f"])
+# PerSAM-F: ten fits (one per form) and the run's: in `make test`, not in the edit loop's -m "not slow"
+@pytest.mark.parametrize("method", ["persam", pytest.param("persam_f", marks=pytest.mark.slow)])
 def test_every_mask_form_gives_the_cli_masks(golden, cli_masks, sam, method):
     images = golden / "perseg-mini" / "Images" / OBJECT
     model = persam.PerSAM(sam) if method == "persam" else persam.PerSAMF(sam)
@@ -85,8 +92,9 @@ def test_every_mask_form_gives_the_cli_masks(golden, cli_masks, sam, method):
         target = model.learn(reference, mask)
         for n in ("01", "02"):
             got = model.segment(images / f"{n}.jpg", target).mask
-            assert got.dtype == bool and got.shape == cli_masks[method][n].shape
-            assert np.array_equal(got, cli_masks[method][n]), f"{method}, mask as {form}, image {n}"
+            expected = cli_masks(method)[n]
+            assert got.dtype == bool and got.shape == expected.shape
+            assert np.array_equal(got, expected), f"{method}, mask as {form}, image {n}"
 
 
 def test_every_image_form_gives_the_uint8_images_mask(golden, sam):

@@ -552,7 +552,7 @@ def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_
         pytest.skip(f"{module} is not installed")
     import json
 
-    from helpers import run_cli, write_object
+    from helpers import run_app, write_object
 
     write_object(tmp_path / "PerSeg", "thing", n=2)
     out = tmp_path / "out"
@@ -568,7 +568,7 @@ def test_run_with_random_weights_writes_masks_and_metrics(backbone, method, tmp_
     ]
     if method == "persam_f":
         args += ["method.scale_weights.steps=20", "method.scale_weights.fused=eager"]
-    proc = run_cli(args, cwd=tmp_path)
+    proc = run_app(args, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

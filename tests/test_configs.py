@@ -303,3 +303,22 @@ def test_unknown_component_is_a_clear_error():
 def test_unknown_experiment_is_a_clear_error():
     with pytest.raises(MissingConfigException, match="no_such_study"):
         _compose(["experiment=no_such_study"])
+
+
+def test_debug_configs_are_the_tests_small_runs():
+    """`debug=tiny` is the small random-init SAM of the end-to-end tests with the run's extras
+    off; `debug=default` only turns the extras off; both for `persam.run` and `persam.video`,
+    and a group chosen on the command line still wins."""
+    from helpers import SMALL_BACKBONE
+
+    quiet = ["logger=none", "progress=false", "overlays=false"]
+    for name in ("config", "video"):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            tiny = compose(name, overrides=["debug=tiny"])
+            spelled = compose(name, overrides=[*SMALL_BACKBONE, *quiet])
+            default = compose(name, overrides=["debug=default"])
+            plain = compose(name, overrides=quiet)
+            csv = compose(name, overrides=["debug=default", "logger=csv"])
+        assert OmegaConf.to_yaml(tiny) == OmegaConf.to_yaml(spelled), name
+        assert OmegaConf.to_yaml(default) == OmegaConf.to_yaml(plain), name
+        assert csv.logger is not None and not csv.overlays

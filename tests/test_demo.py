@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_app
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
@@ -399,7 +399,7 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
     cv2.imwrite(str(small), read_image(mask)[:30, :40])
 
     run = tmp_path / "run"
-    proc = run_cli(
+    proc = run_app(
         ["data=perseg", f"data.root={data}", "logger=none", f"hydra.run.dir={run}"],
         cwd=tmp_path,
         env={"PERSAM_CACHE_DIR": str(cache)},
@@ -515,7 +515,12 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
         assert requested and not outside, outside
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # never left running: killed and reaped
+            server.kill()
+            server.wait()
+            raise
     assert "Traceback" not in log.read_text()  # no unexpected error on the server either
     shot = os.environ.get("PERSAM_DEMO_SCREENSHOT")
     if shot:

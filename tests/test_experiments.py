@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_app
 from hydra import compose, initialize_config_dir
 
 from persam.conf import CONFIG_DIR
@@ -26,9 +26,7 @@ TINY = [
     "data.num_objects=1",
     "data.images_per_object=2",
     "backbone=embedded",
-    "logger=none",
-    "overlays=false",
-    "progress=false",
+    "debug=default",  # no logger, overlays or progress bar (conf/debug/default.yaml)
 ]
 # Few-shot experiments: the synthetic world in the benchmark's layout, two episodes, 2 shots
 # (their sweeps over shots and folds are replaced, as TINY replaces backbones).
@@ -68,7 +66,7 @@ def _expected_jobs(experiment: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_end_to_end(experiment, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_app(
         ["-m", f"experiment={experiment}", *_tiny(experiment), f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
     )
@@ -90,7 +88,7 @@ def test_experiment_runs_end_to_end(experiment, tmp_path):
             units = metrics.get("objects") or metrics["episodes"]
             assert all("mask_weights" in r for r in units.values())
 
-    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    report = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr[-3000:]
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert len(rows) == len(expected)

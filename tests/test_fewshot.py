@@ -269,7 +269,7 @@ def test_coco_style_bad_input(coco_root, tmp_path):
 # ------------------------------------------------------------------------------ PerSeg k-shot
 @pytest.mark.slow
 def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_path):
-    from helpers import run_cli
+    from helpers import run_app
 
     base = [
         "method=persam",
@@ -283,7 +283,7 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
     runs = {}
     for label, extra in (("today", []), ("one", ["data.shots=1"]), ("two", ["data.shots=2"])):
         out = tmp_path / label
-        proc = run_cli([*base, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_app([*base, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[label] = (out, json.loads((out / "metrics.json").read_text()))
     (today, m0), (one, m1), (_, m2) = runs["today"], runs["one"], runs["two"]
@@ -297,13 +297,13 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
         # two references (00, 01): only 02 is scored
         assert m2["objects"][obj]["n_images"] == 1
     # all three images as references: nothing left to score, said as at k = 1
-    proc = run_cli([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'all'}"], cwd=tmp_path)
+    proc = run_app([*base, "data.shots=3", f"hydra.run.dir={tmp_path / 'all'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     entries = json.loads((tmp_path / "all" / "metrics.json").read_text())["objects"]
     for obj in GOLDEN_OBJECTS:
         assert entries[obj]["n_images"] == 0 and entries[obj]["iou"] is None
         assert any("no scorable test image" in w for w in entries[obj]["warnings"])
-    bad = run_cli([*base, "data.shots=4", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    bad = run_app([*base, "data.shots=4", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert bad.returncode != 0
     assert "data.shots=4 needs 4 reference images" in (bad.stdout + bad.stderr)
 

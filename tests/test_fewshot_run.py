@@ -9,7 +9,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_app
 
 from persam.data.fewshot_synthetic import write_layout
 
@@ -44,7 +44,7 @@ def _recompute(out, root, classes):
 @pytest.mark.parametrize("shots", [1, 3])
 def test_acceptance_command(fss, tmp_path, shots):
     out = tmp_path / "OUT"
-    proc = run_cli(
+    proc = run_app(
         [
             "data=fss1000",
             f"data.root={fss}",
@@ -84,7 +84,7 @@ def test_persam_f_on_coco_layout_and_bad_input(tmp_path):
     write_layout(root, "coco20i", classes=8, images_per_class=4, seed=1)
     base = ["data=coco20i", f"data.root={root}", "logger=none", "overlays=false"]
     out = tmp_path / "F"
-    proc = run_cli(
+    proc = run_app(
         [
             *base,
             "data.fold=1",
@@ -109,7 +109,7 @@ def test_persam_f_on_coco_layout_and_bad_input(tmp_path):
         (["data.fold=4"], "data.fold=4 is out of range"),
         (["data.annotations=nope.json"], "Annotation file not found"),
     ):
-        bad = run_cli([*base, *extra, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+        bad = run_app([*base, *extra, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
         assert bad.returncode == 2, bad.stderr[-2000:]
         assert message in bad.stdout + bad.stderr
         assert "Traceback" not in bad.stderr
@@ -132,7 +132,7 @@ def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
         "logger=none",
         "overlays=false",
     ]
-    proc = run_cli([*args, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_app([*args, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 1
     metrics = json.loads((out / "metrics.json").read_text())
     failed = {n: e for n, e in metrics["episodes"].items() if e["status"] == "failed"}
@@ -142,12 +142,12 @@ def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
         assert "Cannot read mask" in e["error"] and f"{cls}/1.png" in e["error"]
     assert metrics["n_episodes"] == 10 - len(failed)
     # resuming with another seed is refused by the recorded configuration (the field named)
-    again = run_cli([*args, "data.seed=5", "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
+    again = run_app([*args, "data.seed=5", "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert again.returncode != 0 and "data.seed" in again.stdout + again.stderr
     # the same configuration over changed data draws other episodes: the saved list refuses it
     (root / cls / "1.png").unlink()
     (root / cls / "1.jpg").unlink()
-    again = run_cli([*args, "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
+    again = run_app([*args, "resume=true", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert again.returncode != 0 and "different episode list" in again.stdout + again.stderr
 
 
@@ -156,7 +156,7 @@ def test_report_tables_per_fold(tmp_path):
     root = tmp_path / "coco"
     write_layout(root, "coco20i", classes=8, images_per_class=3, seed=2)
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_app(
         [
             "-m",
             "data=coco20i",
@@ -171,7 +171,7 @@ def test_report_tables_per_fold(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    report = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr[-3000:]
     md = (sweep / "report.md").read_text()
     assert "## Few-shot: mIoU / FB-IoU per fold" in md and "| fold 0 | fold 3 | mean |" in md

@@ -183,10 +183,8 @@ def _two_copies(root, name):
 
 
 @pytest.fixture(scope="module")
-def heldout(tmp_path_factory):
-    from persam.data.synthetic import ensure_synthetic
-
-    return ensure_synthetic(tmp_path_factory.mktemp("synth"), split="heldout")
+def heldout(synthetic_heldout):
+    return synthetic_heldout  # conftest: generated once per session
 
 
 def test_persam_finds_the_second_copies_without_reencoding(embedded, heldout):

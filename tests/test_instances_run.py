@@ -10,7 +10,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from helpers import run_cli, write_object
+from helpers import run_app, write_object
 from PIL import Image
 
 from persam.data.instances import write_instances
@@ -42,12 +42,10 @@ def _paste_copy(image, mask):
 
 
 @pytest.fixture(scope="module")
-def multi(tmp_path_factory):
+def multi(tmp_path_factory, synthetic_heldout):
     """A PerSeg-layout folder of 3 synthetic objects whose test images show the object twice
     (annotations: both copies; `Instances/`: the indexed ground truth)."""
-    from persam.data.synthetic import ensure_synthetic
-
-    src = ensure_synthetic(tmp_path_factory.mktemp("synth"), split="heldout")
+    src = synthetic_heldout  # copied below, never changed
     root = tmp_path_factory.mktemp("multi")
     for name in ("obj00_blob", "obj01_composite", "obj02_polygon"):
         for sub in ("Images", "Annotations"):
@@ -88,7 +86,7 @@ def test_instances_auto_against_one_recomputed_from_the_written_maps(multi, tmp_
     found = {}
     for instances, extra in (("1", []), ("auto", [f"data.instances_root={multi / 'Instances'}"])):
         out = tmp_path / instances
-        proc = run_cli(
+        proc = run_app(
             [
                 "data=perseg",
                 f"data.root={multi}",
@@ -125,7 +123,7 @@ def test_reference_all_equals_single_reference_runs(tmp_path):
     write_object(data, "dog", n=3, seed=2)
     write_object(data, "lonely", n=1, seed=3)
     out = tmp_path / "all"
-    proc = run_cli(
+    proc = run_app(
         [
             "data=perseg",
             f"data.root={data}",
@@ -148,14 +146,14 @@ def test_reference_all_equals_single_reference_runs(tmp_path):
     assert metrics["miou"] == pytest.approx(
         np.mean([metrics["objects"][n]["iou_mean"] for n in ("cat", "dog")])
     )
-    report = run_cli([str(out)], cwd=tmp_path, module="persam.report")
+    report = run_app([str(out)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr[-2000:]
     md = (out / "report.md").read_text()
     assert "IoU by reference" in md and "| cat |" in md.split("IoU by reference")[1]
     assert (out / "report_references.png").stat().st_size > 1000
     for ref in ("00", "02"):
         single = tmp_path / f"ref{ref}"
-        proc = run_cli(
+        proc = run_app(
             [
                 "data=perseg",
                 f"data.root={data}",
@@ -190,7 +188,7 @@ def test_persam_f_weights_reuse_gives_the_same_masks(tmp_path):
         "method.scale_weights.fused=eager",
     ]
     fit = tmp_path / "fit"
-    proc = run_cli([*common, "method.scale_weights.steps=40", f"hydra.run.dir={fit}"], cwd=tmp_path)
+    proc = run_app([*common, "method.scale_weights.steps=40", f"hydra.run.dir={fit}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((fit / "scale_weights.json").read_text())
     fitted = json.loads((fit / "metrics.json").read_text())["objects"]
@@ -198,7 +196,7 @@ def test_persam_f_weights_reuse_gives_the_same_masks(tmp_path):
     assert saved["cat"] == fitted["cat"]["mask_weights"]
     for load in (fit, fit / "scale_weights.json"):
         out = tmp_path / f"load_{load.name}"
-        proc = run_cli(
+        proc = run_app(
             [*common, f"method.scale_weights.load={load}", f"hydra.run.dir={out}"], cwd=tmp_path
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,7 +213,7 @@ def test_persam_f_weights_reuse_gives_the_same_masks(tmp_path):
     # weights of another object set: that object fails, naming itself and the file
     write_object(data, "eel", n=2, seed=4)
     out = tmp_path / "missing"
-    proc = run_cli(
+    proc = run_app(
         [*common, f"method.scale_weights.load={fit}", f"hydra.run.dir={out}"], cwd=tmp_path
     )
     assert proc.returncode == 1
@@ -235,7 +233,7 @@ def test_bad_instances_and_emptying_perturbation(tmp_path):
     ann[40:42, 30:60] = (0, 0, 128)  # a 2-pixel line: erosion by 0.3 * sqrt(60) px empties it
     cv2.imwrite(str(data / "Annotations" / "speck" / "00.png"), ann)
     out = tmp_path / "erode"
-    proc = run_cli(
+    proc = run_app(
         [
             "data=perseg",
             f"data.root={data}",
@@ -251,7 +249,7 @@ def test_bad_instances_and_emptying_perturbation(tmp_path):
     assert objects["cat"]["status"] == "ok"
     assert "object 'speck'" in objects["speck"]["error"] and "erode" in objects["speck"]["error"]
     for bad in ("0", "-2"):
-        proc = run_cli(
+        proc = run_app(
             [
                 "data=perseg",
                 f"data.root={data}",

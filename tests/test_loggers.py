@@ -1,4 +1,5 @@
-"""Real W&B offline runs and Lightning CSV logs written by `python -m persam.run`."""
+"""Real W&B offline runs (the console command: W&B starts a service process) and Lightning CSV
+logs (in-process, `run_app`) written by `python -m persam.run`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import json
 
 import pytest
-from helpers import SMALL_BACKBONE, run_cli, write_object
+from helpers import SMALL_BACKBONE, run_app, run_cli, write_object
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def test_wandb_offline_run(data, tmp_path):
 
 def test_csv_logger(data, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
+    proc = run_app(
         [
             *SMALL_BACKBONE,
             "data=perseg",

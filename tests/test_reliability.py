@@ -1,6 +1,7 @@
-"""Nothing silently wrong: the real `python -m persam.run` on broken copies of PerSeg-layout
-data, reused folders, a missing GPU, an unwritable cache, and real kills (SIGINT, SIGKILL)
-followed by `persam.report` and `resume=true`. Small random-init backbone, small data."""
+"""Nothing silently wrong: `python -m persam.run` on broken copies of PerSeg-layout data, reused
+folders, a missing GPU, an unwritable cache (its console function in-process, `run_app`), and real
+kills (SIGINT, SIGKILL) of real processes followed by `persam.report` and `resume=true`. Small
+random-init backbone, small data."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,12 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import SMALL_BACKBONE, run_cli, write_object
+from helpers import cli_process, run_app, write_object
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-COMMON = [*SMALL_BACKBONE, "data=perseg", "logger=none", "progress=false", "overlays=false"]
+# debug=tiny: the small random-init SAM, no logger, overlays or progress bar (conf/debug/)
+COMMON = ["debug=tiny", "data=perseg"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_mask_formats_give_the_results_of_the_8bit_masks(data, tmp_path):
     runs = {}
     for name, root in (("original", data), ("broken", broken)):
         out = tmp_path / name
-        proc = run_cli([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_app([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = _metrics(out)
     for obj in ("obj_a", "obj_b", "obj_c", "obj_d"):
@@ -91,11 +92,11 @@ def test_exif_rotated_images_are_refused_with_the_file_and_the_switch(data, tmp_
     with Image.open(image) as im:
         im.save(image, quality=95, exif=exif.tobytes())
     out = tmp_path / "out"
-    proc = run_cli([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_app([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 1
     error = _metrics(out)["objects"]["obj_a"]["error"]
     assert str(image) in error and "data.exif=apply" in error and "data.exif=ignore" in error
-    proc = run_cli(
+    proc = run_app(
         [*COMMON, f"data.root={root}", "data.exif=ignore", f"hydra.run.dir={tmp_path / 'ign'}"],
         cwd=tmp_path,
     )
@@ -113,7 +114,7 @@ def test_objects_without_scorable_images_and_a_too_small_reference(data, tmp_pat
     tiny[11, 13] = (0, 0, 128)
     cv2.imwrite(str(root / "Annotations" / "obj_c" / "00.png"), tiny)
     out = tmp_path / "out"
-    proc = run_cli([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_app([*COMMON, f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]  # obj_c failed
     assert "ObjectMeter" not in proc.stdout + proc.stderr
     objects = _metrics(out)["objects"]
@@ -136,9 +137,9 @@ def test_objects_without_scorable_images_and_a_too_small_reference(data, tmp_pat
 def test_reused_folder_is_refused_before_anything_is_written(data, tmp_path):
     out = tmp_path / "out"
     args = [*COMMON, f"data.root={data}", "data.objects=[obj_a]", f"hydra.run.dir={out}"]
-    assert run_cli(args, cwd=tmp_path).returncode == 0
+    assert run_app(args, cwd=tmp_path).returncode == 0
     before = tree(out)
-    proc = run_cli([*args[:-2], "data.objects=[obj_b]", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_app([*args[:-2], "data.objects=[obj_b]", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 2
     log = proc.stdout + proc.stderr
     assert str(out) in log and "resume=true" in log and "hydra.run.dir=" in log
@@ -149,24 +150,11 @@ def test_reused_folder_is_refused_before_anything_is_written(data, tmp_path):
 
 
 def test_two_launches_in_the_same_second_get_their_own_folders(data, tmp_path):
-    env = dict(os.environ)
-    args = [
-        sys.executable,
-        "-m",
-        "persam.run",
-        *COMMON,
-        f"data.root={data}",
-        "data.objects=[obj_a]",
-    ]
-    procs = [
-        subprocess.Popen(
-            args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    args = [*COMMON, f"data.root={data}", "data.objects=[obj_a]"]
+    with cli_process(args, tmp_path) as first, cli_process(args, tmp_path) as second:
+        for p in (first, second):
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
     runs = sorted((tmp_path / "outputs" / "runs" / "persam").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
 
@@ -181,7 +169,7 @@ def test_gpu_asked_without_one_stops_once_before_any_work(data, tmp_path):
         ("trainer=gpu", "trainer=cpu"),
     ):
         out = tmp_path / override.replace("=", "_")
-        proc = run_cli(
+        proc = run_app(
             [*COMMON, f"data.root={data}", override, f"hydra.run.dir={out}"], cwd=tmp_path
         )
         log = proc.stdout + proc.stderr
@@ -194,7 +182,7 @@ def test_unwritable_cache_warns_once_and_the_run_goes_on(data, tmp_path):
     blocker = tmp_path / "cache_is_a_file"
     blocker.write_text("")
     out = tmp_path / "out"
-    proc = run_cli(
+    proc = run_app(
         [*COMMON, f"data.root={data}", "data.objects=[obj_a,obj_b]", f"hydra.run.dir={out}"],
         cwd=tmp_path,
         env={"PERSAM_CACHE_DIR": str(blocker)},
@@ -207,17 +195,6 @@ def test_unwritable_cache_warns_once_and_the_run_goes_on(data, tmp_path):
 
 
 # -- interruptions -----------------------------------------------------------------------------
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "persam.run", *args],
-        cwd=cwd,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _kill_after_first_object(proc: subprocess.Popen, metrics: Path, sig: int) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -237,9 +214,9 @@ def _kill_after_first_object(proc: subprocess.Popen, metrics: Path, sig: int) ->
 def test_ctrl_c_keeps_the_log_marks_incomplete_and_resume_finishes(data, tmp_path):
     out = tmp_path / "out"
     args = [*COMMON, f"data.root={data}", f"hydra.run.dir={out}"]
-    proc = _start(args, tmp_path)
-    _kill_after_first_object(proc, out / "metrics.json", signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=600)
+    with cli_process(args, tmp_path) as proc:  # SIGINT deliverable however pytest was started
+        _kill_after_first_object(proc, out / "metrics.json", signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     interrupted = [line for line in (stdout + stderr).splitlines() if "Interrupted" in line]
@@ -252,7 +229,7 @@ def test_ctrl_c_keeps_the_log_marks_incomplete_and_resume_finishes(data, tmp_pat
     assert done and len(done) < 4
     kept = {p: b for p, b in tree(out / "masks").items() if p.split("/")[0] in done}
 
-    proc = run_cli([*args, "resume=true"], cwd=tmp_path)
+    proc = run_app([*args, "resume=true"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _metrics(out)
     assert metrics["complete"] is True and list(metrics["objects"]) == metrics["expected"]
@@ -273,30 +250,30 @@ def test_killed_sweep_job_is_reported_incomplete_then_resumed(data, tmp_path):
         "method.refine_steps=0,1,2",
         f"hydra.sweep.dir={sweep}",
     ]
-    proc = _start(args, tmp_path)
-    _kill_after_first_object(proc, sweep / "0" / "metrics.json", signal.SIGKILL)
-    proc.communicate(timeout=60)
+    with cli_process(args, tmp_path) as proc:
+        _kill_after_first_object(proc, sweep / "0" / "metrics.json", signal.SIGKILL)
+        proc.communicate(timeout=60)
     assert _metrics(sweep / "0")["complete"] is False
 
-    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    report = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 1  # nothing complete to rank
     assert "incomplete" in report.stderr and "never started" in report.stderr
     assert "method.refine_steps=1" in report.stderr and "method.refine_steps=2" in report.stderr
 
     # resume the killed job in its folder, with nothing but resume=true and the folder
     before = _metrics(sweep / "0")["objects"]
-    proc = run_cli(["resume=true", f"hydra.run.dir={sweep / '0'}"], cwd=tmp_path)
+    proc = run_app(["resume=true", f"hydra.run.dir={sweep / '0'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = _metrics(sweep / "0")
     assert resumed["complete"] is True and len(resumed["objects"]) == 4
     assert all(resumed["objects"][k] == v for k, v in before.items())
     # ... and one job that never started, in the folder the report names
-    proc = run_cli(
+    proc = run_app(
         [*COMMON, f"data.root={data}", "method.refine_steps=1", f"hydra.run.dir={sweep / '1'}"],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    report = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr
     md = (sweep / "report.md").read_text()
     ranked = md.split("## IoU per object")[0]
@@ -321,24 +298,19 @@ def test_ctrl_c_during_a_persam_f_fit_is_the_same_interruption(data, tmp_path):
         "data.objects=[obj_a]",
         f"hydra.run.dir={out}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "persam.run", *args, "method.scale_weights.steps=100000000"],
-        cwd=tmp_path,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
-    reader.start()
-    deadline = time.monotonic() + 600
-    while not list((out / "csv").rglob("metrics.csv")):  # the fit has logged its first losses
-        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGINT)
-    proc.wait(timeout=600)
-    reader.join(timeout=60)
+    with cli_process(
+        [*args, "method.scale_weights.steps=100000000"], tmp_path, stderr=subprocess.STDOUT
+    ) as proc:
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+        reader.start()
+        deadline = time.monotonic() + 600
+        while not list((out / "csv").rglob("metrics.csv")):  # the fit has logged its first losses
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=600)
+        reader.join(timeout=60)
     output = "".join(lines)
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output
@@ -348,7 +320,7 @@ def test_ctrl_c_during_a_persam_f_fit_is_the_same_interruption(data, tmp_path):
     assert "Interrupted" in (out / "run.log").read_text()
     # resuming with another configuration is refused, naming the field; nothing is changed
     before = tree(out)
-    proc = run_cli([*args, "method.scale_weights.steps=5", "resume=true"], cwd=tmp_path)
+    proc = run_app([*args, "method.scale_weights.steps=5", "resume=true"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "method.scale_weights.steps: recorded 100000000, now 5" in proc.stdout + proc.stderr
     after = tree(out)

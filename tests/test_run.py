@@ -1,4 +1,5 @@
-"""The real `python -m persam.run` entry point, as a subprocess."""
+"""`python -m persam.run`: its console function in-process (`run_app`); the exit statuses of a
+missing checkpoint and an unknown experiment from the real console command (`run_cli`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import GOLDEN_OBJECTS, iou
-from helpers import SMALL_BACKBONE, run_cli, write_object
+from helpers import SMALL_BACKBONE, run_app, run_cli, write_object
 
 
 @pytest.mark.golden
@@ -16,7 +17,7 @@ from helpers import SMALL_BACKBONE, run_cli, write_object
 def test_faithfulness_command(golden, tmp_path):
     """The issue's command, verbatim: final masks match the official ones."""
     out = tmp_path / "OUT"
-    proc = run_cli(
+    proc = run_app(
         [
             "method=persam",
             "backbone=tiny",
@@ -63,7 +64,7 @@ def test_bad_input_is_reported_per_object(tmp_path):
     (data / "Images" / "good" / ".DS_Store").write_bytes(b"\0")
     (data / "Images" / "good" / "Thumbs.db").write_bytes(b"\0")
     out = tmp_path / "out"
-    proc = run_cli(
+    proc = run_app(
         [
             *SMALL_BACKBONE,
             "data=perseg",
@@ -107,11 +108,11 @@ def test_missing_checkpoint_exits_with_advice(tmp_path):
 
 @pytest.mark.slow
 def test_unknown_component_override(tmp_path):
-    proc = run_cli(
+    proc = run_app(
         ["method.semantic_prompting=false", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path
     )
     assert proc.returncode == 1 and "semantic_prompting" in proc.stderr
-    proc = run_cli(
+    proc = run_app(
         [
             *SMALL_BACKBONE,
             "+method.semantic_prompting=false",

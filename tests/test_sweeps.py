@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_BACKBONE, run_cli, write_object
+from helpers import SMALL_BACKBONE, run_app, run_cli, write_object
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_joblib_sweep_then_submitit_sweep_share_the_cache(data, cache, tmp_path)
 
 def test_report_lists_failed_runs_and_still_reports(data, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_app(
         [
             "-m",
             *SMALL_BACKBONE,
@@ -118,7 +118,7 @@ def test_report_lists_failed_runs_and_still_reports(data, tmp_path):
     broken = sweep / "7" / ".hydra"
     broken.mkdir(parents=True)
     (broken / "overrides.yaml").write_text("- data.reference=crash\n")
-    proc = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    proc = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 0, proc.stderr
     report = (sweep / "report.md").read_text()
     assert "| data.reference=00 |" in report
@@ -128,21 +128,22 @@ def test_report_lists_failed_runs_and_still_reports(data, tmp_path):
 
 
 def test_report_errors_are_clear(tmp_path):
+    # the console command's status once, then the same function in-process
     proc = run_cli([str(tmp_path / "missing")], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli([str(empty)], cwd=tmp_path, module="persam.report")
+    proc = run_app([str(empty)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 1 and "No Hydra job folders" in proc.stderr
     (empty / "0" / ".hydra").mkdir(parents=True)
-    proc = run_cli([str(empty)], cwd=tmp_path, module="persam.report")
+    proc = run_app([str(empty)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 1 and "No finished runs" in proc.stderr
 
 
 def test_persam_vs_persam_f_in_one_command(data, tmp_path):
     """`-m method=persam,persam_f`: two runs, PerSAM-F's weights, fit time and loss curves."""
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_app(
         [
             "-m",
             *SMALL_BACKBONE,
@@ -169,7 +170,7 @@ def test_persam_vs_persam_f_in_one_command(data, tmp_path):
     rows = list(csv.DictReader((sweep / "1" / "csv" / "metrics.csv").open()))
     curve = [float(r["fit/disc_a/loss"]) for r in rows if r.get("fit/disc_a/loss")]
     assert len(curve) >= 10 and curve[-1] < curve[0]
-    proc = run_cli([str(sweep)], cwd=tmp_path, module="persam.report")
+    proc = run_app([str(sweep)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 0, proc.stderr
     report = (sweep / "report.md").read_text()
     assert "| method=persam |" in report and "| method=persam_f |" in report

@@ -43,8 +43,9 @@ def object_mean_colour(split_dir: Path, name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_synthetic(tmp_path_factory.mktemp("synth"), split="heldout", seed=0)
+def heldout(synthetic_heldout: Path) -> Path:
+    """The default split, seed 0 (conftest: generated once per session)."""
+    return synthetic_heldout
 
 
 # ----------------------------------------------------------------------------- layout

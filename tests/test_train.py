@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import SMALL_ARCH as ARCH
-from helpers import run_cli
+from helpers import run_app
 
 from persam.backbones.sam import build_architecture
 from persam.model.decoder import decode_images as decode
@@ -54,7 +54,7 @@ QUICK = [
 
 def _train(tmp_path, name: str, extra=()):
     out = tmp_path / name
-    proc = run_cli([*QUICK, *extra, f"hydra.run.dir={out}"], cwd=tmp_path, module="persam.train")
+    proc = run_app([*QUICK, *extra, f"hydra.run.dir={out}"], cwd=tmp_path, module="persam.train")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -107,7 +107,7 @@ def test_retraining_lowers_the_loss_and_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_too_large_for_memory_stops_with_advice(tmp_path):
-    proc = run_cli(
+    proc = run_app(
         [*QUICK, "train.batch_size=1000000", f"hydra.run.dir={tmp_path / 'big'}"],
         cwd=tmp_path,
         module="persam.train",
@@ -120,7 +120,7 @@ def test_a_batch_too_large_for_memory_stops_with_advice(tmp_path):
 def test_a_corrupt_init_checkpoint_stops_with_advice(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a state dict")
-    proc = run_cli(
+    proc = run_app(
         [*QUICK, f"train.init_from={bad}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path,
         module="persam.train",

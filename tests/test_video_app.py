@@ -1,5 +1,6 @@
 """`python -m persam.video` end to end: configs, outputs, J&F checked from outside, resume, bad
-input, W&B offline."""
+input, W&B offline. Its console function runs in-process (`run_app`), except for the console
+command's exit status on a bad field and the W&B run (W&B starts a service process)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_app, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -55,12 +56,12 @@ def test_default_run_writes_outputs_and_its_jf_matches_vos_benchmark(tmp_path) -
     from vos_benchmark.evaluator import Evaluator
 
     out = tmp_path / "run"
-    proc = run_cli([*SMALL, f"hydra.run.dir={out}"], ROOT, "persam.video")
+    proc = run_app([*SMALL, f"hydra.run.dir={out}"], ROOT, "persam.video")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["n_failed"] == 0
     assert metrics["expected"] == ["crossing", "exit-return"]
-    # the subprocess generated the videos in this session's cache (PERSAM_CACHE_DIR)
+    # the run generated the videos in this session's cache (PERSAM_CACHE_DIR)
     cache = Path(os.environ["PERSAM_CACHE_DIR"]) / "synthetic_video"
     (gt_root,) = cache.glob("*/Annotations/480p")
     j_all, f_all = [], []
@@ -97,7 +98,7 @@ def test_tracked_is_at_least_as_good_as_official_on_the_synthetic_videos(tmp_pat
     scores = {}
     for mode in ("official", "tracked"):
         out = tmp_path / mode
-        proc = run_cli(
+        proc = run_app(
             [*SMALL, "data.num_frames=12", f"video={mode}", "logger=none", "overlays=false",
              f"hydra.run.dir={out}"],
             ROOT,
@@ -115,7 +116,7 @@ def test_tracked_is_at_least_as_good_as_official_on_the_synthetic_videos(tmp_pat
 def test_resume_keeps_finished_sequences_and_redoes_a_partial_one(tmp_path) -> None:
     out = tmp_path / "run"
     args = [*SMALL, "logger=none", f"hydra.run.dir={out}"]
-    assert run_cli(args, ROOT, "persam.video").returncode == 0
+    assert run_app(args, ROOT, "persam.video").returncode == 0
     first = _pngs(out / "Annotations" / "crossing")
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "Annotations" / "crossing").iterdir()}
     # an interrupted run: exit-return half written, not in metrics.json
@@ -127,7 +128,7 @@ def test_resume_keeps_finished_sequences_and_redoes_a_partial_one(tmp_path) -> N
     for p in sorted(partial.glob("*.png"))[3:]:
         p.unlink()
     (partial / "00004.png").write_bytes(b"garbage")
-    proc = run_cli([*args, "resume=true"], ROOT, "persam.video")
+    proc = run_app([*args, "resume=true"], ROOT, "persam.video")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and set(metrics["sequences"]) == {"crossing", "exit-return"}
@@ -166,7 +167,7 @@ def test_bad_sequence_fails_alone_with_the_file_named(tmp_path) -> None:
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("good\nno-first\nmissing\ngap\n")
     out = tmp_path / "run"
-    proc = run_cli(
+    proc = run_app(
         ["data=davis", f"data.root={root}", "logger=none", f"hydra.run.dir={out}"],
         ROOT,
         "persam.video",
@@ -209,14 +210,14 @@ def test_wandb_offline_run_gets_tables_summary_and_overlay_videos(tmp_path) -> N
 @pytest.mark.slow
 def test_video_sweep_and_report(tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = run_app(
         ["-m", "video=official,tracked", "data.num_sequences=1", "data.num_frames=4",
          "logger=none", "overlays=false", f"hydra.sweep.dir={sweep}"],
         ROOT,
         "persam.video",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([str(sweep)], ROOT, "persam.report")
+    proc = run_app([str(sweep)], ROOT, "persam.report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (sweep / "report.md").read_text()
     assert "| variant | J&F | J | F | sequences | failed |" in report
