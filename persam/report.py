@@ -268,6 +268,9 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+# Over 80 lines: the report's sections in the order report.md prints them (problems, ranking,
+# per-object table, few-shot and reference sections, files); each section is a few lines that
+# read the jobs gathered at the top.
 def build_report(sweep: Path) -> dict:
     """Write the report files into `sweep`; returns what was written and the tables."""
     sweep = Path(sweep)

@@ -132,6 +132,8 @@ def preflight(cfg: DictConfig, run_dir: Path, runs: tuple[str, ...], entry: str)
 IMAGE_TASKS = ("persam.tasks.objects.ObjectTask", "persam.tasks.episodes.EpisodeTask")
 
 
+# Over 80 lines: compose -> preflight -> build -> run -> summarise, the whole run in reading
+# order; each step is a call, the length is the summary's log lines.
 def run(
     cfg: DictConfig,
     task_options: dict | None = None,

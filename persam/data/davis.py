@@ -155,6 +155,8 @@ class VideoSequence:
             )
         return read_label_map(path)
 
+    # Over 80 lines: every check of a sequence's files, each with its own message naming the
+    # file and the fix (issue 23); they run in the order a user would fix them.
     def check(self) -> None:
         """Raise `DataError` for what would make the sequence wrong: no frames, gaps in the
         numbering, frames of different sizes, no first annotation or no object in it, an

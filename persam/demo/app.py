@@ -86,6 +86,8 @@ def _path(value) -> str | None:
     return str(getattr(value, "name", value))
 
 
+# Over 80 lines on purpose: one Gradio Blocks page. Its event handlers are closures over the
+# page's components (two dozen); split, every piece would pass them all around.
 def build_app(demo: Demo) -> gr.Blocks:
     methods = list(demo.methods)
     start = core.method_options(demo.methods, demo.start_method)

@@ -404,6 +404,9 @@ def fit_plain(
         logger.finalize("success")
 
 
+# Over 80 lines: the PerSAM-F fit's one entry point (section 3.2): argument checks, the
+# backend (taylor / fused / reference), the loop (plain / trainer: measured ~0.1 ms against
+# ~1 ms a step, docs/persam-f.md), the thread setting and its restore, in the order they apply.
 def fit_scale_weights(
     logits,
     gt,

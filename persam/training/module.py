@@ -228,6 +228,8 @@ class EmbeddedSamModule(L.LightningModule):
         return seg
 
     # -- Lightning -------------------------------------------------------------------------
+    # Over 80 lines: one step of the embedded model's recipe (prompt rounds, guided and plain
+    # passes, the losses and their logging), kept in the order the record describes it.
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images, gt, valid, identity = (
             batch["image"],

@@ -206,6 +206,8 @@ class VideoSegmenter:
         return coords, labels
 
     # -- objects on one frame -------------------------------------------------------------
+    # Over 80 lines: the video scripts' three-step cascade for a batch of objects, with every
+    # stage recorded under the official recording's keys (the golden video test reads them).
     def _segment_objects(self, predictor, objects, sources, keys, sims=None):
         """The three-step cascade for objects that share a prompt layout (all with a box
         source, or all without), each step one decoder call for all of them.
