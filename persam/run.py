@@ -13,7 +13,8 @@ import persam.app.entry  # noqa: F401 - first: the thread policy, before torch i
 
 # isort: split
 
-import logging  # noqa: E402
+import functools  # noqa: E402
+import logging
 import sys
 from pathlib import Path
 
@@ -56,6 +57,45 @@ def build_backbone(cfg: DictConfig):
         _BACKBONE.clear()
         _BACKBONE[key] = build(cfg.backbone, refuse=(BackboneError,))
     return _BACKBONE[key]
+
+
+def takes_features(cfg: DictConfig) -> bool:
+    """Whether `cfg.method` receives the root `features` group's encoder: its class takes a
+    `features` argument that its own config does not set (GF-SAM)."""
+    import inspect
+
+    if "features" in cfg.method:
+        return False
+    try:
+        cls = hydra.utils.get_class(cfg.method._target_)
+    except Exception:  # noqa: BLE001 - building the method reports a bad target itself
+        return False
+    return "features" in inspect.signature(cls).parameters
+
+
+def build_features(cfg: DictConfig, encoder: Encoder, cache):
+    """The root `features` group's encoder (`conf/features/`) for a method that takes one (else
+    None): SAM's own embedding through the method's `encoder`, or DINOv2 through the embedding
+    `cache`. A bad checkpoint or a missing package is one line and exit 2. A method that takes
+    no features with features other than sam is refused."""
+    node = cfg.get("features")
+    if node is None or not takes_features(cfg):
+        return None
+    target = str(node.get("_target_", ""))
+    if target.startswith("persam.backbones.dinov2"):
+        return build(node, refuse=(BackboneError, ValueError), label="features", cache=cache)
+    features = build(node, refuse=(BackboneError, ValueError), label="features")
+    return features(encoder=encoder) if isinstance(features, functools.partial) else features
+
+
+def check_features(cfg: DictConfig) -> None:
+    """Refuse features other than sam for a method that does not take the features group."""
+    node = cfg.get("features")
+    if node is not None and node.get("name") not in (None, "sam") and not takes_features(cfg):
+        raise ConfigError(
+            f"method '{cfg.method.name}' does not take the features group (features="
+            f"{node.get('name')}): leave features=sam, or use method=gf_sam."
+        )
 
 
 def build_method(cfg: DictConfig, **runtime):
@@ -121,6 +161,7 @@ def preflight(cfg: DictConfig, run_dir: Path, runs: tuple[str, ...], entry: str)
         check_overrides(list(hc.overrides.task))
         check_task(cfg, runs, entry)
         check_config(cfg)
+        check_features(cfg)
         check_device(cfg)
         check_dependencies(cfg)
         return claim_run_dir(run_dir, cfg, hc)
@@ -153,8 +194,14 @@ def run(
     warn_model_reach(cfg, sam)
     random_weights = is_random(cfg.backbone.get("checkpoint"))
     cache = instantiate(cfg.cache)
+    encoder = Encoder(sam, cache)
+    features = build_features(cfg, encoder, cache)
     method = build_method(
-        cfg, sam=sam, encoder=Encoder(sam, cache), trainer=instantiate(cfg.trainer)
+        cfg,
+        sam=sam,
+        encoder=encoder,
+        trainer=instantiate(cfg.trainer),
+        **({} if features is None else {"features": features}),
     )
     dataset = build_dataset(cfg)
     run_logger = RunLogger(

@@ -47,6 +47,7 @@ def test_acceptance_command(fss, tmp_path, shots):
     proc = run_app(
         [
             "data=fss1000",
+            "data.protocol=persam",  # the project's draw: distinct supports, the images' size
             f"data.root={fss}",
             f"data.split_file={fss / 'test.txt'}",
             f"data.shots={shots}",
@@ -126,6 +127,7 @@ def test_an_unreadable_support_fails_its_episodes_only(fss, tmp_path):
     out = tmp_path / "OUT"
     args = [
         "data=fss1000",
+        "data.protocol=persam",
         f"data.root={root}",
         "data.episodes=10",
         f"data.split_file={root / 'test.txt'}",

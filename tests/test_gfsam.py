@@ -46,21 +46,26 @@ def _scene(shift: int, size=(120, 160)) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_config_builds_gf_sam_with_sam_features(sam):
-    cfg = _compose("method=gf_sam", "features@method.features=sam")
-    method = instantiate(cfg.method, sam=sam, encoder=Encoder(sam), trainer=None)
+    """The root `features` group (features=sam on the command line wins over gf_sam's dinov2),
+    built as persam.run builds it and handed to the method."""
+    cfg = _compose("method=gf_sam", "features=sam")
+    assert cfg.features.name == "sam" and "features" not in cfg.method
+    encoder = Encoder(sam)
+    features = instantiate(cfg.features)(encoder=encoder)
+    method = instantiate(cfg.method, sam=sam, encoder=encoder, trainer=None, features=features)
     assert isinstance(method, GFSAM) and isinstance(method.features, SAMFeatures)
     assert method.features.encoder is method.encoder
     assert (method.max_points, method.points_per_batch, method.image_size) == (128, 64, 1024)
-    assert cfg.method.features.name == "sam"
 
 
 def test_config_dinov2_names_the_official_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("SAM_CHECKPOINT_DIR", str(tmp_path))
     cfg = _compose("method=gf_sam")
-    assert cfg.method.features.name == "dinov2_vitl14"
-    assert cfg.method.features.checkpoint == str(tmp_path / "dinov2_vitl14_pretrain.pth")
+    assert cfg.features.name == "dinov2_vitl14"  # gf_sam's default features
+    assert cfg.features.checkpoint == str(tmp_path / "dinov2_vitl14_pretrain.pth")
     with pytest.raises(InstantiationException, match="dinov2_vitl14_pretrain.pth"):
-        instantiate(cfg.method.features)  # Hydra wraps the CheckpointError
+        instantiate(cfg.features)  # Hydra wraps the CheckpointError
+    assert _compose().features.name == "sam"  # the default, for every other method
 
 
 def test_random_dinov2_tokens():

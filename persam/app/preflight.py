@@ -119,6 +119,9 @@ def check_dependencies(cfg: DictConfig) -> None:
     if backbone:
         name = str(OmegaConf.select(cfg, "backbone.name", default=backbone) or backbone)
         _backbone_imports(str(backbone), name)
+    features = str(OmegaConf.select(cfg, "features._target_", default="") or "")
+    if features.startswith("persam.backbones.dinov2"):
+        require_extra("timm.layers", "dinov2", "features=dinov2")
     data = str(OmegaConf.select(cfg, "data._target_", default="") or "")
     layout = str(OmegaConf.select(cfg, "data.layout", default="") or "")
     coco = data in COCO_DATASETS or (

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 FSS1000_TEST_SPLIT = SPLITS_DIR / "fss1000_test.txt"
 FG_VALUE = 128  # annotation foreground handed to the method (PerSeg's red 128, R channel)
+PROTOCOLS = ("official", "persam")
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,38 @@ class FewShotDataset:
 
     benchmark = "fewshot"
 
-    def __init__(self, root, shots: int = 1, episodes: int | None = 1000, seed: int = 0):
+    #: The protocols this benchmark implements (`data.protocol`).
+    protocols: tuple[str, ...] = ("persam",)
+
+    def __init__(
+        self,
+        root,
+        shots: int = 1,
+        episodes: int | None = 1000,
+        seed: int = 0,
+        protocol: str = "persam",
+        episodes_file: str | None = None,
+        image_size: int | None = 1024,
+    ):
         _check_common(shots, episodes, seed)
+        protocol = getattr(protocol, "value", protocol)
+        if protocol not in PROTOCOLS:
+            raise DataError(
+                f"data.protocol={protocol!r}: use official (the official loader's episodes, "
+                "images at 1024 x 1024) or persam (this project's seeded draw)."
+            )
+        if protocol not in self.protocols:
+            raise DataError(
+                f"data.protocol={protocol} is not implemented for {self.benchmark}: its official "
+                "loader draws from per-fold image lists it ships as pickles, which this loader "
+                "does not read. Use data.protocol=persam."
+            )
+        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+            raise DataError(f"data.image_size={image_size!r}: use a positive integer or null.")
+        self.protocol = protocol
+        self.episodes_file = Path(episodes_file).expanduser() if episodes_file else None
+        # official: images resized to image_size x image_size (PIL bilinear), masks 'nearest'
+        self.image_size = image_size if protocol == "official" else None
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(
@@ -127,6 +158,8 @@ class FewShotDataset:
                 f"The mask of {self.root / rel} is {mask.shape[1]}x{mask.shape[0]} but the image "
                 f"is {image.shape[1]}x{image.shape[0]} (width x height). Fix the mask's size."
             )
+        if self.image_size is not None:
+            image, mask = resize_official(image, mask, self.image_size)
         return image, mask
 
     # -- episodes ----------------------------------------------------------------------------
@@ -153,9 +186,60 @@ class FewShotDataset:
         return 1000 if self.n_episodes is None else self.n_episodes
 
     def episodes(self) -> list[Episode]:
-        """The episode list: deterministic given (root contents, fold, shots, episodes, seed)."""
+        """The episode list: deterministic given (root contents, fold, shots, episodes, seed);
+        `episodes_file`: the list saved there."""
+        if self.episodes_file is not None:
+            return self.replay()
+        return self.draw()
+
+    def draw(self) -> list[Episode]:
         rng = np.random.default_rng(self.seed)
         return [self._draw(rng, i) for i in range(self._count())]
+
+    def replay(self) -> list[Episode]:
+        """The episodes of `episodes_file` (a run folder's `episodes.json`, or any JSON with an
+        `episodes` list of {class, query, supports}), in its order; `data.episodes` keeps the
+        first ones. Their classes must be this dataset's and their files must exist."""
+        path = self.episodes_file
+        if not path.is_file():
+            raise DataError(
+                f"data.episodes_file={path} not found. Give the episodes.json of an earlier run "
+                "folder, or data.episodes_file=null to draw the episodes."
+            )
+        try:
+            items = json.loads(path.read_text())
+            items = items["episodes"] if isinstance(items, dict) else items
+            out = [
+                Episode(i, str(e["class"]), str(e["query"]), tuple(str(s) for s in e["supports"]))
+                for i, e in enumerate(items)
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"data.episodes_file={path} is not an episode list ({exc!r}): it must be the "
+                "episodes.json a run folder holds (episodes: [{class, query, supports}, ...])."
+            ) from exc
+        if self.n_episodes is not None:
+            out = out[: self.n_episodes]
+        unknown = sorted({e.cls for e in out} - set(self.classes))
+        if unknown:
+            raise DataError(
+                f"data.episodes_file={path} has episodes of classes this dataset does not hold "
+                f"({unknown[:10]}): replay it with the data settings of the run that wrote it."
+            )
+        for e in out:
+            for rel in (e.query, *e.supports):
+                if not (self.root / rel).is_file():
+                    raise DataError(
+                        f"data.episodes_file={path}: episode {e.name} names {self.root / rel}, "
+                        "which does not exist. Check data.root."
+                    )
+        shots = {len(e.supports) for e in out}
+        if shots and shots != {self.shots}:
+            raise DataError(
+                f"data.episodes_file={path} has {sorted(shots)} support(s) per episode but "
+                f"data.shots={self.shots}: set data.shots to match."
+            )
+        return out
 
     def describe(self) -> dict:
         return {
@@ -164,11 +248,45 @@ class FewShotDataset:
             "fold": self.fold,
             "shots": self.shots,
             "seed": self.seed,
+            "protocol": self.protocol,
+            "image_size": self.image_size,
+            "episodes_file": None if self.episodes_file is None else str(self.episodes_file),
             "classes": list(self.classes),
         }
 
     def __len__(self) -> int:
-        return self._count()
+        return len(self.episodes()) if self.episodes_file is not None else self._count()
+
+
+def resize_official(
+    image: np.ndarray, mask: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official loaders' transform: the image to size x size by PIL bilinear (torchvision's
+    `Resize` on a PIL image), the mask by PyTorch's legacy 'nearest' (source index
+    floor(dst * in / out))."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    if mask.shape != (size, size):
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        mask = F.interpolate(m, (size, size), mode="nearest")[0, 0].numpy() > 0
+    return image, mask
+
+
+def read_image_pil(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) decoded by PIL, `convert('RGB')`, as the official loaders."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DataError(f"Image not found: {path}. Check data.root: the image must lie there.")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"Cannot read image {path} ({exc}): corrupt or not an image.") from exc
 
 
 # ----------------------------------------------------------------------------------- FSS-1000
@@ -198,9 +316,17 @@ class FSS1000Dataset(FewShotDataset):
       split_file: one class name a line; None: the standard 240-class test split.
       shots, episodes, seed: k, the number of episodes (None: every image once as the query,
         as HSNet), the seed of the draw.
+      protocol: `official` (HSNet's loader, as GF-SAM / Matcher evaluate: the queries in
+        dataset order, each support `<k>.jpg` with k from numpy's legacy generator seeded
+        `seed`, redrawn while it is the query; images read by PIL and resized to `image_size`)
+        or `persam` (the seeded permutation of the queries and k distinct other supports).
+      episodes_file: replay the episodes of a run folder's `episodes.json` instead.
+      image_size: the official protocol's square working size (1024); the masks are scored and
+        written at that size.
     """
 
     benchmark = "fss1000"
+    protocols = ("official", "persam")
 
     def __init__(
         self,
@@ -209,8 +335,19 @@ class FSS1000Dataset(FewShotDataset):
         shots: int = 1,
         episodes: int | None = 1000,
         seed: int = 0,
+        protocol: str = "persam",
+        episodes_file: str | None = None,
+        image_size: int | None = 1024,
     ):
-        super().__init__(root, shots=shots, episodes=episodes, seed=seed)
+        super().__init__(
+            root,
+            shots=shots,
+            episodes=episodes,
+            seed=seed,
+            protocol=protocol,
+            episodes_file=episodes_file,
+            image_size=image_size,
+        )
         self.split_file = Path(split_file).expanduser() if split_file else FSS1000_TEST_SPLIT
         classes = sorted(read_split_file(self.split_file))
         missing = [c for c in classes if not (self.root / c).is_dir()]
@@ -258,7 +395,14 @@ class FSS1000Dataset(FewShotDataset):
         n = sum(len(v) for v in self.images.values())
         return n if self.n_episodes is None else self.n_episodes
 
-    def episodes(self) -> list[Episode]:
+    def read_image(self, rel: str) -> np.ndarray:
+        if self.protocol == "official":
+            return read_image_pil(self.root / rel)
+        return super().read_image(rel)
+
+    def draw(self) -> list[Episode]:
+        if self.protocol == "official":
+            return self._official()
         rng = np.random.default_rng(self.seed)
         queries = [(c, p) for c in self.classes for p in self.images[c]]
         order: list[int] = []
@@ -272,6 +416,43 @@ class FSS1000Dataset(FewShotDataset):
 
     def describe(self) -> dict:
         return {**super().describe(), "split_file": str(self.split_file)}
+
+    def _official(self) -> list[Episode]:
+        """HSNet's `DatasetFSS` (test split), as GF-SAM and Matcher evaluate FSS-1000.
+
+        The queries are every `.jpg` of the classes, classes sorted, files in string order (1,
+        10, 2, ...), in that order (`episodes` keeps the first ones; more wrap around). Each
+        support is `<k>.jpg` of the query's class, k = `choice(range(1, n + 1), 1,
+        replace=False)[0]` of numpy's legacy generator seeded `seed` once before the first
+        episode (n = the class's image count: FSS-1000's 10), redrawn while it names the query;
+        supports are not de-duplicated."""
+        rng = np.random.RandomState(self.seed)
+        queries = [(c, p) for c in self.classes for p in self.images[c]]
+        by_stem: dict[str, dict[str, str]] = {}
+        for cls in self.classes:
+            stems = {p.rsplit("/", 1)[-1].rsplit(".", 1)[0]: p for p in self.images[cls]}
+            n = len(stems)
+            if set(stems) != {str(k) for k in range(1, n + 1)}:
+                raise DataError(
+                    f"The official FSS-1000 draw names supports <k>.jpg, k = 1..{n}, but class "
+                    f"{cls} holds {sorted(stems)[:12]}. Rename its images 1.jpg ... {n}.jpg, or "
+                    "use data.protocol=persam."
+                )
+            by_stem[cls] = stems
+        out = []
+        for i in range(self._count()):
+            cls, query = queries[i % len(queries)]
+            stems = by_stem[cls]
+            supports: list[str] = []
+            while True:
+                k = rng.choice(range(1, len(stems) + 1), 1, replace=False)[0]
+                support = stems[str(k)]
+                if support != query:
+                    supports.append(support)
+                if len(supports) == self.shots:
+                    break
+            out.append(Episode(i, cls, query, tuple(supports)))
+        return out
 
 
 # ------------------------------------------------------------------------ COCO-style JSONs
@@ -387,8 +568,10 @@ def _lvis_image_path(im: dict, i: int, path: Path) -> str:
 class _CocoStyleDataset(FewShotDataset):
     n_folds = 4
 
-    def __init__(self, root, annotations, fold, shots, episodes, seed, image_path):
-        super().__init__(root, shots=shots, episodes=episodes, seed=seed)
+    def __init__(
+        self, root, annotations, fold, shots, episodes, seed, image_path, **protocol
+    ):
+        super().__init__(root, shots=shots, episodes=episodes, seed=seed, **protocol)
         if not isinstance(fold, int) or not 0 <= fold < self.n_folds:
             raise DataError(
                 f"data.fold={fold!r} is out of range: {self.benchmark} has folds 0 to "
@@ -445,8 +628,22 @@ class COCO20iDataset(_CocoStyleDataset):
         shots: int = 1,
         episodes: int | None = 1000,
         seed: int = 0,
+        protocol: str = "persam",
+        episodes_file: str | None = None,
+        image_size: int | None = 1024,
     ):
-        super().__init__(root, annotations, fold, shots, episodes, seed, _coco_image_path(images))
+        super().__init__(
+            root,
+            annotations,
+            fold,
+            shots,
+            episodes,
+            seed,
+            _coco_image_path(images),
+            protocol=protocol,
+            episodes_file=episodes_file,
+            image_size=image_size,
+        )
         cats = self.index.categories
         if len(cats) != 80:
             warnings.warn(
@@ -483,8 +680,22 @@ class LVIS92iDataset(_CocoStyleDataset):
         shots: int = 1,
         episodes: int | None = 1000,
         seed: int = 0,
+        protocol: str = "persam",
+        episodes_file: str | None = None,
+        image_size: int | None = 1024,
     ):
-        super().__init__(root, annotations, fold, shots, episodes, seed, _lvis_image_path)
+        super().__init__(
+            root,
+            annotations,
+            fold,
+            shots,
+            episodes,
+            seed,
+            _lvis_image_path,
+            protocol=protocol,
+            episodes_file=episodes_file,
+            image_size=image_size,
+        )
         eligible = [
             (cid, name)
             for cid, name in self.index.categories

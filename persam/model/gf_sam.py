@@ -36,6 +36,7 @@ from persam.model import gf_sam_graph as graph
 from persam.model.decoder import decode
 from persam.model.encoder import Encoder
 from persam.model.features import SAMFeatures
+from persam.model.method import EmptyReferenceMask as _EmptyReferenceMask
 from persam.model.method import references
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ class Recorder(Protocol):
     def record(self, name: str, value: Any) -> None: ...
 
 
-class EmptyReferenceMask(ValueError):
-    """Every reference mask is empty and `empty_reference=raise`."""
+class EmptyReferenceMask(_EmptyReferenceMask):
+    """Every reference mask is empty and `empty_reference=raise` (PerSAM's error: the tasks
+    report it alike)."""
 
 
 @dataclass
@@ -86,6 +88,19 @@ class GFSAMPrediction:
     fallback: bool = False
     warnings: list[str] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)  # PerSAM's; unused
+
+    def instance_map(self) -> np.ndarray:
+        """The accepted masks as one indexed map (H, W) uint8, as PerSAM's multi-instance output:
+        0 background, 1..K the instances in point order; a pixel belongs to the first mask that
+        covers it, and a mask that adds no pixel (GF-SAM's masks overlap) is not an instance."""
+        out = np.zeros(self.mask.shape, np.uint8)
+        k = 0
+        for inst in self.instances:
+            new = inst & (out == 0)
+            if new.any() and k < 255:
+                k += 1
+                out[new] = k
+        return out
 
 
 def foreground(mask: np.ndarray) -> np.ndarray:
@@ -123,6 +138,10 @@ class GFSAM:
     """
 
     name = "gf_sam"
+    #: `python -m persam.video` segments every frame anew per object, with the frame-0 object
+    #: mask as the reference (`persam.tasks.video.segmenter.PerFrameSegmenter`): GF-SAM has no
+    #: location prior to track with.
+    video_per_frame = True
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class VideoObject:
     weights: np.ndarray | None = None  # (3,) PerSAM-F mixing weights
     fit: FitResult | None = None
     warnings: list[str] = field(default_factory=list)
+    target: Any = None  # a per-frame method's learned target (`PerFrameSegmenter`)
 
 
 @dataclass
@@ -408,4 +410,50 @@ class VideoSegmenter:
                 self.recorder[f"f{index:02d}/labels_present"] = np.array(
                     labels_of(label_map), dtype=np.uint8
                 )
+            yield FrameOutput(index, label_map, points, warnings, image)
+
+
+class PerFrameSegmenter:
+    """Video with a method that has no location prior to track with (GF-SAM,
+    `method.video_per_frame`): each object of frame 0 is learned once
+    (`learn_annotations(frame 0, its mask)`), and every later frame is segmented anew per object
+    (`segment(frame, target)`), independently of the previous frames. The label map gives each
+    pixel to the first object (in id order) whose mask covers it. An object not found in a frame
+    is absent there (a warning when the method says so)."""
+
+    recorder: dict | None = None
+
+    def __init__(self, method, policy: VideoPolicy) -> None:
+        self.method = method
+        self.policy = policy
+
+    def learn(self, image, label_map, logger=None, name: str = "") -> list[VideoObject]:
+        ids = [i for i in labels_of(label_map) if i != 255]  # 255: DAVIS void, not an object
+        if not ids:
+            raise EmptyObjectError("the first frame's annotation has no object (all background)")
+        objects = []
+        for obj_id in ids:
+            target = self.method.learn_annotations(image, label_map == obj_id)
+            objects.append(
+                VideoObject(
+                    id=obj_id,
+                    feature=torch.zeros(0),
+                    ref_peak=float("nan"),
+                    warnings=[f"object {obj_id}: {w}" for w in getattr(target, "warnings", [])],
+                    target=target,
+                )
+            )
+        return objects
+
+    def run(self, objects, first_labels, frames) -> Iterator[FrameOutput]:
+        for index, image in frames:
+            label_map = np.zeros(first_labels.shape, np.uint8)
+            points, warnings = {}, []
+            for obj in objects:
+                pred = self.method.segment(image, obj.target)
+                label_map[pred.mask & (label_map == 0)] = obj.id
+                points[obj.id] = np.asarray(pred.coords)[np.asarray(pred.labels) == 1]
+                warnings += [f"frame {index} object {obj.id}: {w}" for w in pred.warnings]
+            if self.recorder is not None:
+                self.recorder[f"f{index:02d}/label_map"] = label_map
             yield FrameOutput(index, label_map, points, warnings, image)

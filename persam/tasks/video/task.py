@@ -20,7 +20,7 @@ from persam.metrics import video as vos
 from persam.tasks.runner import Task
 from persam.tasks.video.outputs import overlay_frame, write_gif, write_label_png
 from persam.tasks.video.policy import VideoPolicy
-from persam.tasks.video.segmenter import EmptyObjectError, VideoSegmenter
+from persam.tasks.video.segmenter import EmptyObjectError, PerFrameSegmenter, VideoSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class VideoTask(Task):
         self.run_logger = run_logger
         self.policy = policy or VideoPolicy()
         self.overlays = overlays
-        self.segmenter = VideoSegmenter(method, self.policy)
+        per_frame = getattr(method, "video_per_frame", False)
+        self.segmenter = (PerFrameSegmenter if per_frame else VideoSegmenter)(method, self.policy)
 
     def units(self) -> list[str]:
         return list(self.dataset.names)
