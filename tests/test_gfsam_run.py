@@ -100,7 +100,9 @@ def test_official_protocol_is_hsnets_loader(tmp_path):
     ds = FSS1000Dataset(root, root / "test.txt", shots=2, episodes=None, protocol="official")
     episodes = ds.episodes()
     order = [1, 10, *range(2, 10)]
-    assert [e.query for e in episodes] == [f"{c}/{k}.jpg" for c in ("a_cls", "b_cls") for k in order]
+    assert [e.query for e in episodes] == [
+        f"{c}/{k}.jpg" for c in ("a_cls", "b_cls") for k in order
+    ]
     rs = np.random.RandomState(0)
     for e in episodes:
         supports = []
@@ -111,9 +113,10 @@ def test_official_protocol_is_hsnets_loader(tmp_path):
         assert list(e.supports) == supports
     image, mask = ds.load(episodes[0].query, episodes[0].cls)
     assert image.shape == (1024, 1024, 3) and mask.shape == (1024, 1024) and mask.dtype == bool
-    assert FSS1000Dataset(root, root / "test.txt", episodes=3, protocol="official").episodes()[
-        2
-    ].query == "a_cls/2.jpg"
+    assert (
+        FSS1000Dataset(root, root / "test.txt", episodes=3, protocol="official").episodes()[2].query
+        == "a_cls/2.jpg"
+    )
 
 
 def test_persam_protocol_keeps_the_seeded_draw(tmp_path):

@@ -568,9 +568,7 @@ def _lvis_image_path(im: dict, i: int, path: Path) -> str:
 class _CocoStyleDataset(FewShotDataset):
     n_folds = 4
 
-    def __init__(
-        self, root, annotations, fold, shots, episodes, seed, image_path, **protocol
-    ):
+    def __init__(self, root, annotations, fold, shots, episodes, seed, image_path, **protocol):
         super().__init__(root, shots=shots, episodes=episodes, seed=seed, **protocol)
         if not isinstance(fold, int) or not 0 <= fold < self.n_folds:
             raise DataError(
