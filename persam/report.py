@@ -254,8 +254,9 @@ def find_jobs(sweep: Path) -> list[Job]:
 
 
 def _name_variants(jobs: list[Job]) -> None:
-    """A variant's name: its overrides that are not shared by every finished job."""
-    pool = [j for j in jobs if j.finished and j.overrides]
+    """A variant's name: its overrides that are not shared by every job that ran its units
+    (finished, or with failed units: the same names in the ranking and the problems)."""
+    pool = [j for j in jobs if j.metrics is not None and j.overrides]
     if len(pool) < 2:
         pool = [j for j in jobs if j.overrides and j.started]
     common = set.intersection(*(set(j.overrides) for j in pool)) if len(pool) > 1 else set()

@@ -146,6 +146,23 @@ def test_reference_all_equals_single_reference_runs(tmp_path):
     assert metrics["miou"] == pytest.approx(
         np.mean([metrics["objects"][n]["iou_mean"] for n in ("cat", "dog")])
     )
+    # a run with a failed object is never ranked (issue 23): the report says so ...
+    report = run_app([str(out)], cwd=tmp_path, module="persam.report")
+    assert report.returncode == 1 and "failed objects: lonely" in report.stderr
+    # ... and reports the objects that all ran, by reference
+    out = tmp_path / "all_ran"
+    proc = run_app(
+        [
+            "data=perseg",
+            f"data.root={data}",
+            "data.reference=all",
+            "data.objects=[cat,dog]",
+            "logger=none",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     report = run_app([str(out)], cwd=tmp_path, module="persam.report")
     assert report.returncode == 0, report.stderr[-2000:]
     md = (out / "report.md").read_text()

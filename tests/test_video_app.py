@@ -5,7 +5,6 @@ command's exit status on a bad field and the W&B run (W&B starts a service proce
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +54,14 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 def test_default_run_writes_outputs_and_its_jf_matches_vos_benchmark(tmp_path) -> None:
     from vos_benchmark.evaluator import Evaluator
 
-    out = tmp_path / "run"
-    proc = run_app([*SMALL, f"hydra.run.dir={out}"], ROOT, "persam.video")
+    out, cache_dir = tmp_path / "run", tmp_path / "cache"
+    env = {"PERSAM_CACHE_DIR": str(cache_dir)}  # its own cache: the videos this run generated
+    proc = run_app([*SMALL, f"hydra.run.dir={out}"], ROOT, "persam.video", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["n_failed"] == 0
     assert metrics["expected"] == ["crossing", "exit-return"]
-    # the run generated the videos in this session's cache (PERSAM_CACHE_DIR)
-    cache = Path(os.environ["PERSAM_CACHE_DIR"]) / "synthetic_video"
+    cache = cache_dir / "synthetic_video"
     (gt_root,) = cache.glob("*/Annotations/480p")
     j_all, f_all = [], []
     for seq, entry in metrics["sequences"].items():
