@@ -219,12 +219,17 @@ def union_on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _union(masks: torch.Tensor) -> torch.Tensor:
-    """(n, 1, H, W) bool -> (1, H, W) bool: the official (sum(dim=0) > 0), OR-ed mask by mask
-    (much faster than a reduction over the first dimension)."""
-    union = masks[0].clone()
-    for mask in masks[1:]:
-        union |= mask
-    return union
+    """(n, 1, H, W) bool -> (1, H, W) bool: the official (sum(dim=0) > 0), as numpy's OR
+    reduction over the masks' bytes read as 64-bit words (a bool is one byte, 0 or 1, so the OR
+    of the words is the OR of the masks, eight pixels at a time: much faster than torch's
+    reduction over the first dimension or a mask-by-mask OR)."""
+    n = masks.shape[0]
+    flat = masks.detach().reshape(n, -1)
+    if flat.shape[1] % 8 or masks.dtype != torch.bool or flat.device.type != "cpu":
+        return masks.any(dim=0)
+    words = flat.contiguous().view(torch.uint8).view(torch.int64).numpy()
+    union = torch.from_numpy(np.bitwise_or.reduce(words, axis=0))
+    return union.view(torch.uint8).view(torch.bool).view(masks.shape[1:])
 
 
 def cluster_classification(
