@@ -134,3 +134,49 @@ def peak_region(shape: tuple[int, int], point: tuple[int, int], radius: int) -> 
     ys, xs = np.ogrid[:h, :w]
     x, y = point
     return (xs - x) ** 2 + (ys - y) ** 2 <= radius**2
+
+
+# -- the location prior on other features (`features=dinov2`; docs/features.md) -------------------
+
+
+def mask_on_feature_grid(mask_rgb: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """The reference annotation (H, W, 3) (foreground R > 0) on a features' grid (gh, gw) that
+    covers the whole image (DINOv2's square resize) -> bool (gh, gw): a cell is in the mask when
+    any pixel of its image region is (adaptive max pooling, whose regions overlap by a pixel at
+    their edges; no object falls between cells)."""
+    fg = torch.as_tensor(np.ascontiguousarray(mask_rgb[..., 0] > 0), dtype=torch.float)
+    return F.adaptive_max_pool2d(fg[None, None], grid)[0, 0] > 0
+
+
+def token_similarity(tokens: torch.Tensor, grid: tuple[int, int], target: torch.Tensor):
+    """Cosine similarity of `target` (C,) with the tokens (gh*gw, C) -> (gh, gw)."""
+    target = target / target.norm(dim=-1, keepdim=True)
+    feats = tokens / tokens.norm(dim=-1, keepdim=True)
+    return (feats @ target.to(feats.dtype)).reshape(*grid)
+
+
+def feature_similarity_map(
+    tokens: torch.Tensor, grid: tuple[int, int], target: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """The similarity map of `target` on a features' grid carried to the original image frame
+    (H, W) = `size`: the grid covers the whole image (square resize), so cell (i, j) is the
+    image region [i H/gh, (i+1) H/gh) x [j W/gw, (j+1) W/gw) and the map is upsampled bilinearly
+    (align_corners=False) straight to (H, W). Points taken on it are original pixels, which
+    SAM's prompt encoder maps to its own frame (longest-side resize and padding)."""
+    sim = token_similarity(tokens, grid, target)
+    return F.interpolate(sim[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def attention_map_in_sam_frame(sim: torch.Tensor, predictor: SamPredictor) -> torch.Tensor:
+    """PerSAM's attention guidance from a similarity map in the original frame (H, W), placed
+    in SAM's frame first: standardised over the image (mean, std), resized to SAM's input size
+    (longest side = the encoder's size), padded bottom/right with the standardised minimum
+    (SAM's zero padding is no object), resized bilinearly to the encoder grid, sigmoid
+    -> (1, 1, 1, h*w)."""
+    m = (sim - sim.mean()) / torch.std(sim).clamp_min(1e-6)
+    ih, iw = predictor.input_size
+    size = predictor.model.image_encoder.img_size
+    m = F.interpolate(m[None, None], size=(ih, iw), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, size - iw, 0, size - ih), value=float(m.min()))
+    grid = tuple(predictor.features.shape[-2:])
+    return F.interpolate(m, size=grid, mode="bilinear").sigmoid().unsqueeze(1).flatten(3)

@@ -12,6 +12,7 @@ similarity map is suppressed under each found instance and the next peak prompts
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -106,6 +107,13 @@ class PerSAM:
       encoder: its image encoder with the embedding cache (default: an uncached `Encoder`).
       trainer: unused by PerSAM; PerSAM-F fits with it (a `lightning.Trainer` factory).
       name: the method's name in logs and results (default: the class's).
+      features: the features the location prior matches with (docs/features.md): None or SAM's
+        own (`persam.model.features.SAMFeatures`, the root `features=sam`): the paper, exactly;
+        a features object with a `grid` (`persam.backbones.dinov2.DINOv2Features`, the root
+        `features=dinov2`), or a factory called with `encoder=` (a config group's partial): the
+        target feature and the similarity map from those features, the points and the attention
+        map carried to SAM's frame through the original image; the semantic prompt stays SAM's
+        target embedding.
       **options: the fields of `PerSAMOptions` (`persam/model/options.py`, declared once; the
         config `conf/method/persam.yaml` has the same defaults): the location prior's pooling
         and points, guided attention, semantic prompt, refinement steps, k-shot pooling and
@@ -122,6 +130,7 @@ class PerSAM:
         encoder: Encoder | None = None,
         trainer: Callable[..., Any] | None = None,
         name: str | None = None,
+        features: Any = None,
         **options: Any,
     ) -> None:
         self.options = options_of(self.Options, options)
@@ -133,6 +142,27 @@ class PerSAM:
         self.encoder = encoder or Encoder(sam)
         self.trainer = trainer
         self.decoder = personalize(sam)
+        if features is not None and not hasattr(features, "grid") and not hasattr(features, "kind"):
+            features = features(encoder=self.encoder)  # a config group's partial
+        if getattr(features, "kind", None) == "sam":
+            features = None  # SAM's own embedding: the paper's path, unchanged
+        self.features = features
+
+    def _tokens(self, image: np.ndarray):
+        """The image's tokens (gh*gw, C) float32 and grid from `features` (None without)."""
+        if self.features is None:
+            return None
+        out = self.features(image)
+        return out.tokens.float(), tuple(out.grid)
+
+    def _similarity(self, predictor, location: torch.Tensor, tokens=None) -> torch.Tensor:
+        """The similarity map (H, W) of `location` on the predictor's image: SAM's embedding,
+        or the image's `tokens` carried to the original frame."""
+        if tokens is None:
+            return location_prior.similarity_map(predictor, location)
+        return location_prior.feature_similarity_map(
+            *tokens, location, tuple(predictor.original_size)
+        )
 
     # -- reference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -161,7 +191,7 @@ class PerSAM:
         the k masks are pooled by `shot_pooling`. One image (or a list of one) is the paper.
         """
         images, masks = references(image, mask_rgb)
-        feats, grid_masks = [], []
+        feats, grid_masks, located = [], [], []
         for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
             # one reference: the one-shot messages; k: which reference is at fault
             which = "" if len(images) == 1 else f"reference {i + 1} of {len(images)}: "
@@ -180,32 +210,39 @@ class PerSAM:
                     f"{which}{exc}: the object is too small to be seen at the encoder's resolution"
                 ) from exc
             grid_masks.append(grid_mask)
+            if self.features is not None:  # the location prior's target from `features`
+                tokens, grid = self._tokens(img)
+                on_grid = location_prior.mask_on_feature_grid(mask, grid)
+                located.append(tokens[on_grid.flatten()])
         pool = location_prior.pool_references
+        located = located or feats  # SAM's own embedding: the paper
         target = Target(
             embedding=pool(feats, "mean", self.shot_pooling),
-            location=pool(feats, self.target_pooling, self.shot_pooling),
+            location=pool(located, self.target_pooling, self.shot_pooling),
             grid_mask=grid_masks[0],
             shots=len(images),
         )
         unit = target.location / target.location.norm()
         target.self_peak = max(
-            float((f / f.norm(dim=-1, keepdim=True) @ unit).max()) for f in feats
+            float((f / f.norm(dim=-1, keepdim=True) @ unit).max()) for f in located
         )
         if len(images) > 1:
             target.locations = torch.stack(
-                [location_prior.target_embedding(f, self.target_pooling) for f in feats]
+                [location_prior.target_embedding(f, self.target_pooling) for f in located]
             )
         return target
 
     # -- test image ------------------------------------------------------------------------
-    def _locate(self, predictor, target: Target, negative: bool, sim=None, current=None):
+    def _locate(
+        self, predictor, target: Target, negative: bool, sim=None, current=None, tokens=None
+    ):
         """Points and attention guidance from the similarity map `sim` (H, W).
 
         `current` is `sim` with the instances found so far suppressed: the positive point and
         the attention guidance come from it, the negative point from the whole map.
         """
         if sim is None:
-            sim = location_prior.similarity_map(predictor, target.location)
+            sim = self._similarity(predictor, target.location, tokens)
         if current is None:
             current = sim
         pos_coords, pos_labels = location_prior.select_points(
@@ -218,18 +255,20 @@ class PerSAM:
         labels = np.concatenate([pos_labels, neg_labels])
         if self.shot_points == "each" and target.locations is not None and current is sim:
             # k-shot: the points of every reference (first instance; later ones: pooled)
-            coords, labels = self._points_of_each(predictor, target, negative)
+            coords, labels = self._points_of_each(predictor, target, negative, tokens)
         attn_sim = None
-        if self.guided_attention:
+        if self.guided_attention and self.features is not None:
+            attn_sim = location_prior.attention_map_in_sam_frame(current, predictor)
+        elif self.guided_attention:
             attn_sim = attention_map(current, tuple(predictor.features.shape[-2:]))
         return coords, labels, attn_sim
 
-    def _points_of_each(self, predictor, target: Target, negative: bool):
+    def _points_of_each(self, predictor, target: Target, negative: bool, tokens=None):
         """k-shot `shot_points=each`: every reference's own arg-max (and arg-min), positives
         first, a point repeated by two references kept once -> coords (N, 2), labels (N,)."""
         found = [
             location_prior.select_points(
-                location_prior.similarity_map(predictor, loc),
+                self._similarity(predictor, loc, tokens),
                 positive=self.positive_point,
                 negative=negative,
             )
@@ -278,7 +317,8 @@ class PerSAM:
         is encoded once)."""
         image = as_image(image)
         predictor = self.encoder.set_image(image)
-        sim = location_prior.similarity_map(predictor, target.location)
+        tokens = self._tokens(image)
+        sim = self._similarity(predictor, target.location, tokens)
         floor = float(sim.min())
         radius = max(1, math.ceil(max(sim.shape) / predictor.features.shape[-1]))
         auto = self.instances == "auto"
@@ -300,7 +340,7 @@ class PerSAM:
                 if float(current[peak[1], peak[0]]) < self.instance_presence * target.self_peak:
                     break
             coords, labels, attn_sim = self._locate(
-                predictor, target, self.negative_point, sim=sim, current=current
+                predictor, target, self.negative_point, sim=sim, current=current, tokens=tokens
             )
             decoded = self._decode(predictor, target, coords, labels, attn_sim)
             mask = decoded.mask
@@ -405,7 +445,9 @@ class PerSAMF(PerSAM):
         with torch.no_grad():
             for img, mask in zip(images, masks, strict=True):
                 predictor = self.encoder.set_image(img)
-                coords, labels, attn_sim = self._locate(predictor, target, negative=False)
+                coords, labels, attn_sim = self._locate(
+                    predictor, target, negative=False, tokens=self._tokens(img)
+                )
                 high, _ = self._multiscale(predictor, target, attn_sim, coords, labels)
                 highs.append(torch.as_tensor(high))
                 gts.append(torch.as_tensor(mask[..., 0] > 0))
@@ -443,6 +485,11 @@ class PerSAMF(PerSAM):
         if not mask.any():
             warnings.insert(0, "the mixed (weighted) mask is empty")
         return _Decoded(refined.mask, mask, mixed_low, refined.steps, warnings)
+
+
+# PerSAM-F's constructor is PerSAM's: say so to introspection (the entry point hands the root
+# `features` group to a method whose signature takes `features`).
+PerSAMF.__init__.__signature__ = inspect.signature(PerSAM.__init__)
 
 
 def references(image, mask_rgb) -> tuple[list[np.ndarray], list[np.ndarray]]:
