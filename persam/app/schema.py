@@ -47,6 +47,13 @@ def _method_schema(options: type, target: str, name: str) -> type:
 # -- method ----------------------------------------------------------------------------------
 PerSAMSchema = _method_schema(PerSAMOptions, "persam.model.method.PerSAM", "persam")
 PerSAMFSchema = _method_schema(PerSAMFOptions, "persam.model.method.PerSAMF", "persam_f")
+# PerSAM on DINOv2 features (conf/method/persam_dinov2.yaml): PerSAM's fields plus the slot of
+# the method's own `features` group (the `features` constructor argument, not an option).
+PerSAMFeaturesSchema = make_dataclass(
+    "PerSAMFeaturesSchema",
+    [("features", Any, field(default=None))],
+    bases=(_method_schema(PerSAMOptions, "persam.model.method.PerSAM", "persam_dinov2"),),
+)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -126,6 +133,7 @@ POSITIVE_INTS = (
 SCHEMAS = {
     "persam_schema": PerSAMSchema,
     "persam_f_schema": PerSAMFSchema,
+    "persam_features_schema": PerSAMFeaturesSchema,
     "perseg_schema": PerSegSchema,
     "synthetic_schema": SyntheticSchema,
 }
