@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,14 @@ FEWSHOT_DATA = {
 }
 
 
+# Experiments whose methods read DINOv2 (GF-SAM, PerSAM on DINOv2): the golden tiny DINOv2
+# (../shared/golden/gfsam/dinov2.pth) stands in for dinov2_vitl14 in paths.checkpoint_dir.
+DINOV2 = {"methods_fewshot"}
+
+
 def _tiny(experiment: str) -> list[str]:
+    if experiment == "methods_fewshot":  # its sweep over the few-shot datasets: fss1000's layout
+        experiment = "fewshot_fss1000"
     if not experiment.startswith("fewshot_"):
         return TINY
     layout = FEWSHOT_LAYOUT.get(experiment, "fss1000")
@@ -63,11 +71,24 @@ def _expected_jobs(experiment: str) -> list[dict[str, str]]:
     ]
 
 
+def _tiny_dinov2(tmp_path: Path) -> Path:
+    """A checkpoint folder whose dinov2_vitl14 is the golden tiny DINOv2 (skip without it)."""
+    from conftest import golden_path
+
+    golden = golden_path("gfsam/dinov2.pth") / "gfsam"
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "dinov2_vitl14_pretrain.pth").symlink_to(golden / "dinov2.pth")
+    shutil.copy(golden / "dinov2.json", folder / "dinov2_vitl14_pretrain.json")
+    return folder
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_end_to_end(experiment, tmp_path):
     sweep = tmp_path / "sweep"
+    extra = [f"paths.checkpoint_dir={_tiny_dinov2(tmp_path)}"] if experiment in DINOV2 else []
     proc = run_app(
-        ["-m", f"experiment={experiment}", *_tiny(experiment), f"hydra.sweep.dir={sweep}"],
+        ["-m", f"experiment={experiment}", *_tiny(experiment), *extra, f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
