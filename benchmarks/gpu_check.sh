@@ -2,7 +2,9 @@
 # Issue 14's GPU checks in one go, on a CUDA machine with this repo's environment installed
 # (PYTHON, default `python`) and the golden data at $PERSAM_GOLDEN (default ../shared/golden).
 # Writes everything under ${OUT:-gpu_check_out}/: gpu.txt / gpu.json (fit, encoder, PerSAM per
-# image: medians and ratios), run_persam_f/ and run_persam/ (trainer=gpu, backbone.device=cuda).
+# image: medians and ratios), run_persam_f/ and run_persam/ (trainer=gpu, backbone.device=cuda),
+# gfsam.txt / gfsam.json (GF-SAM per episode against the official loop, on cuda: medians, ratio,
+# mask IoU on the golden GF-SAM episodes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -20,6 +22,9 @@ for method in persam_f persam; do
     backbone.checkpoint="$GOLDEN/tiny_sam.pth" data=perseg data.root="$GOLDEN/perseg-mini" \
     logger=none hydra.run.dir="$OUT/run_$method" 2>&1 | tail -5 | tee -a "$OUT/gpu.txt"
 done
+# 5: GF-SAM per episode, the project's against the official loop, on the GPU (issue 25)
+timeout 300 "$PY" benchmarks/bench_gfsam.py --device cuda --rounds 5 --json "$OUT/gfsam.json" \
+  2>&1 | grep -v "^every reference\|^GF-SAM found" | tee "$OUT/gfsam.txt" | tee -a "$OUT/gpu.txt"
 "$PY" - "$OUT" "$GOLDEN" <<'PYEOF' 2>&1 | tee -a "$OUT/gpu.txt"
 import json, sys
 import numpy as np
