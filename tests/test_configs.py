@@ -187,7 +187,10 @@ def default_sam():
 @pytest.mark.parametrize("method", [m for m in _options("method") if m != "gf_sam"])
 @pytest.mark.parametrize("ablation", [None, *_options("ablation")])
 def test_compose_and_instantiate_methods(method, ablation, default_sam):
-    cfg = _compose([f"method={method}"] + ([f"ablation={ablation}"] if ablation else []))
+    # PerSAM on DINOv2 features builds its own DINOv2: the smallest, random
+    small = ["method.features.name=dinov2_vits14", "method.features.checkpoint=random"]
+    extra = small if method == "persam_dinov2" else []
+    cfg = _compose([f"method={method}", *extra] + ([f"ablation={ablation}"] if ablation else []))
     trainer = instantiate(cfg.trainer)
     obj = instantiate(cfg.method, sam=default_sam, trainer=trainer)
     assert isinstance(obj, PerSAMF if method == "persam_f" else PerSAM)
