@@ -23,7 +23,8 @@ prediction the code had computed (as the golden harness did).
 
 Rounds are interleaved (round r: every episode with one loop, then with the other, the order
 alternating between rounds); the figures are medians over rounds of the per-episode mean, and the
-ratio official / project. The mask agreement is the IoU of the two predictions on golden
+ratio official / project (also per round: the two loops of a round ran back to back, under
+nearly the same load). The mask agreement is the IoU of the two predictions on golden
 episodes: by default the timed ones, the golden tests' default pair and all 9 edge episodes
 (every branch: forced single point, no point, the empty-reference square, the fallback);
 `--agreement all` takes all 33.
@@ -450,7 +451,9 @@ def main(argv=None) -> dict:
     for k in loops:
         print(f"  {k:9s} median {med[k]:.3f} s/episode  (rounds: "
               + ", ".join(f"{t:.3f}" for t in times[k]) + ")")
-    print(f"  ratio official/project: {ratio:.2f}x")
+    pairs = [o / p for o, p in zip(times["official"], times["project"], strict=True)]
+    print(f"  ratio official/project: {ratio:.2f}x (of the medians); per round: "
+          + ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f}x)")
     print(f"  load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}")
     if ious:
@@ -461,7 +464,7 @@ def main(argv=None) -> dict:
               + (f"; below 0.99: {low}" if low else ""))
     result = {
         "episodes": names, "rounds": args.rounds, "device": device, "threads": args.threads,
-        "seconds": times, "median": med, "ratio": ratio,
+        "seconds": times, "median": med, "ratio": ratio, "ratio_per_round": pairs,
         "load_before": load_before, "load_after": load_after, "mask_iou": ious,
     }
     if args.json:
