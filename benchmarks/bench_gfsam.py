@@ -86,8 +86,11 @@ class OfficialGFSAM:
     def encoder_transform(self, img: torch.Tensor) -> torch.Tensor:
         # torchvision Resize(518) on a tensor (bilinear, antialias) and Normalize
         x = F.interpolate(
-            img[None], (self.encoder_img_size, self.encoder_img_size), mode="bilinear",
-            align_corners=False, antialias=True,
+            img[None],
+            (self.encoder_img_size, self.encoder_img_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )[0]
         mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
         std = torch.as_tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
@@ -142,7 +145,10 @@ class OfficialGFSAM:
             tar_masks = torch.cat(masks_list, dim=0)
             n_weak, labels_weak, _, _ = self.mask_cluster(tar_masks, coord_f, hot)
             _, fgbg, _, cls_scores = self.cluster_classification(
-                tar_masks, labels_weak, n_weak, mean_sim_map * mean_sim_map,
+                tar_masks,
+                labels_weak,
+                n_weak,
+                mean_sim_map * mean_sim_map,
                 neg_mean_sim_map * half,
             )
             selected_points = self.point_consistency_dis(
@@ -151,7 +157,8 @@ class OfficialGFSAM:
             pred_masks, _ = self.triplet_selection_b(
                 tar_masks, selected_points, mean_sim_map, cls_scores
             )
-        return pred_masks, (coord_xy, selected_points)  # noqa: F821 (the official crash)
+        # no point: selected_points is unbound here, the official UnboundLocalError
+        return pred_masks, (coord_xy, selected_points)
 
     def triplet_selection_b(self, tar_masks, labels, mean_sim_map, cls_scores):
         pred = torch.zeros(self.input_size, device=self.device).unsqueeze(0)
@@ -187,7 +194,9 @@ class OfficialGFSAM:
             pos = (pos_region * union).sum()
             neg = ((1 - pos_region) * union).sum()
             com_labels[component] = 1
-            rsz = F.interpolate(tar_masks[args].float(), (g, g), mode="bilinear", align_corners=False)
+            rsz = F.interpolate(
+                tar_masks[args].float(), (g, g), mode="bilinear", align_corners=False
+            )
             scores = (rsz * (pos_map - neg_map).unsqueeze(0)).sum(dim=(-1, -2, -3))
             scores = scores / (rsz.sum(dim=(-1, -2, -3)) + 1e-6)
             order = scores.argsort(descending=True)
@@ -265,14 +274,17 @@ class OfficialGFSAM:
 
     def generate_sam_masks(self, tar_feats, coord_xy, coord_labels):
         out = []
-        for (points,), (labels,) in zip(batch_iterator(64, coord_xy), batch_iterator(64, coord_labels)):
+        for (points,), (labels,) in zip(
+            batch_iterator(64, coord_xy), batch_iterator(64, coord_labels), strict=True
+        ):
             pts = torch.as_tensor(points, device=self.device, dtype=torch.int)
             lbl = torch.as_tensor(labels, device=self.device, dtype=torch.int)
             # The official predictor's `predict_torch` also takes `features=` (the query's
             # embedding, which `set_image` has just stored) and returns a fourth value;
             # segment_anything's reads the stored embedding itself.
             masks, _, _ = self.predictor.predict_torch(
-                point_coords=pts[:, None, :], point_labels=lbl[:, None],
+                point_coords=pts[:, None, :],
+                point_labels=lbl[:, None],
                 multimask_output=False,
             )
             out.append(masks > self.predictor.model.mask_threshold)
@@ -284,7 +296,9 @@ class OfficialGFSAM:
         sims = self.pixelwise(query, supports)
         maxes, means = [], []
         for st, _ in enumerate(supports):
-            m = F.interpolate(s_mask[st].unsqueeze(0), size=(g, g), mode="bilinear", align_corners=True)
+            m = F.interpolate(
+                s_mask[st].unsqueeze(0), size=(g, g), mode="bilinear", align_corners=True
+            )
             m = m.flatten(2).transpose(-1, -2)
             sim = sims[st] * m
             means.append(sim.mean(1).view(bsize, 1, g, g) / (m.sum() / n + 1e-7))
@@ -338,15 +352,16 @@ def load_episode(root: Path, run: str, n: str) -> dict:
 
 def to_batch(ep: dict, device) -> dict:
     """The official dataloader's tensors (batch size 1)."""
+
     def img(a):
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255)
 
     return {
         "query_img": img(ep["query"])[None].to(device),
         "support_imgs": torch.stack([img(s) for s in ep["supports"]])[None].to(device),
-        "support_masks": torch.stack(
-            [torch.as_tensor(m, dtype=torch.float) for m in ep["masks"]]
-        )[None].to(device),
+        "support_masks": torch.stack([torch.as_tensor(m, dtype=torch.float) for m in ep["masks"]])[
+            None
+        ].to(device),
     }
 
 
@@ -380,14 +395,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--golden", type=Path, default=golden_dir())
-    ap.add_argument("--episodes", default="1shot/000,2shot/007",
-                    help="timed episodes, run/NNN comma-separated")
+    ap.add_argument(
+        "--episodes", default="1shot/000,2shot/007", help="timed episodes, run/NNN comma-separated"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--agreement", default="fast",
-                    help="episodes for the mask agreement: fast (the timed ones, the golden tests' "
-                    "default set and every edge episode), all (all 33), none, or a list")
+    ap.add_argument(
+        "--agreement",
+        default="fast",
+        help="episodes for the mask agreement: fast (the timed ones, the golden tests' "
+        "default set and every edge episode), all (all 33), none, or a list",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -445,27 +464,47 @@ def main(argv=None) -> dict:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["official"] / med["project"]
-    print(f"GF-SAM per episode, {len(episodes)} episodes x {args.rounds} interleaved rounds, "
-          f"device {device}, torch threads {args.threads}")
+    print(
+        f"GF-SAM per episode, {len(episodes)} episodes x {args.rounds} interleaved rounds, "
+        f"device {device}, torch threads {args.threads}"
+    )
     print(f"  episodes: {', '.join(names)}")
     for k in loops:
-        print(f"  {k:9s} median {med[k]:.3f} s/episode  (rounds: "
-              + ", ".join(f"{t:.3f}" for t in times[k]) + ")")
+        print(
+            f"  {k:9s} median {med[k]:.3f} s/episode  (rounds: "
+            + ", ".join(f"{t:.3f}" for t in times[k])
+            + ")"
+        )
     pairs = [o / p for o, p in zip(times["official"], times["project"], strict=True)]
-    print(f"  ratio official/project: {ratio:.2f}x (of the medians); per round: "
-          + ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f}x)")
-    print(f"  load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
-          f"after {tuple(round(x, 2) for x in load_after)}")
+    print(
+        f"  ratio official/project: {ratio:.2f}x (of the medians); per round: "
+        + ", ".join(f"{r:.2f}" for r in pairs)
+        + f" (median {statistics.median(pairs):.2f}x)"
+    )
+    print(
+        f"  load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
+        f"after {tuple(round(x, 2) for x in load_after)}"
+    )
     if ious:
         vals = np.array(list(ious.values()))
         low = {k: round(v, 4) for k, v in ious.items() if v < 0.99}
-        print(f"  mask agreement (IoU project vs official) on {len(ious)} golden episodes: "
-              f"min {vals.min():.4f}, mean {vals.mean():.4f}, {int((vals >= 0.99).sum())} >= 0.99"
-              + (f"; below 0.99: {low}" if low else ""))
+        print(
+            f"  mask agreement (IoU project vs official) on {len(ious)} golden episodes: "
+            f"min {vals.min():.4f}, mean {vals.mean():.4f}, {int((vals >= 0.99).sum())} >= 0.99"
+            + (f"; below 0.99: {low}" if low else "")
+        )
     result = {
-        "episodes": names, "rounds": args.rounds, "device": device, "threads": args.threads,
-        "seconds": times, "median": med, "ratio": ratio, "ratio_per_round": pairs,
-        "load_before": load_before, "load_after": load_after, "mask_iou": ious,
+        "episodes": names,
+        "rounds": args.rounds,
+        "device": device,
+        "threads": args.threads,
+        "seconds": times,
+        "median": med,
+        "ratio": ratio,
+        "ratio_per_round": pairs,
+        "load_before": load_before,
+        "load_after": load_after,
+        "mask_iou": ious,
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
