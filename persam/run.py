@@ -88,13 +88,23 @@ def build_features(cfg: DictConfig, encoder: Encoder, cache):
     return features(encoder=encoder) if isinstance(features, functools.partial) else features
 
 
-def check_features(cfg: DictConfig) -> None:
-    """Refuse features other than sam for a method that does not take the features group."""
+def check_features(cfg: DictConfig, runs: tuple[str, ...] = ()) -> None:
+    """Refuse features other than sam for a method that does not take the features group, and
+    for PerSAM / PerSAM-F in videos (the video segmenter tracks on SAM's similarity maps; GF-SAM
+    segments each frame on its own features)."""
     node = cfg.get("features")
-    if node is not None and node.get("name") not in (None, "sam") and not takes_features(cfg):
+    name = None if node is None else node.get("name")
+    if name in (None, "sam"):
+        return
+    if not takes_features(cfg):
         raise ConfigError(
             f"method '{cfg.method.name}' does not take the features group (features="
-            f"{node.get('name')}): leave features=sam, or use method=gf_sam."
+            f"{name}): leave features=sam, or use method=gf_sam."
+        )
+    if "persam.tasks.video.task.VideoTask" in runs and not cfg.method._target_.endswith(".GFSAM"):
+        raise ConfigError(
+            f"persam.video runs method '{cfg.method.name}' on SAM's features only (features="
+            f"{name} given): leave features=sam, or use method=gf_sam."
         )
 
 
@@ -161,7 +171,7 @@ def preflight(cfg: DictConfig, run_dir: Path, runs: tuple[str, ...], entry: str)
         check_overrides(list(hc.overrides.task))
         check_task(cfg, runs, entry)
         check_config(cfg)
-        check_features(cfg)
+        check_features(cfg, runs)
         check_device(cfg)
         check_dependencies(cfg)
         return claim_run_dir(run_dir, cfg, hc)

@@ -242,6 +242,15 @@ def test_video_on_image_data_is_refused_in_one_line_writing_nothing(tmp_path):
     assert _files(out) == []
 
 
+def test_video_with_persam_on_dinov2_features_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = _child(["features=dinov2", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "Traceback" not in log and "SAM's features only" in log and "method=gf_sam" in log
+    assert _files(out) == []
+
+
 def test_run_on_video_data_names_persam_video(tmp_path, caplog):
     with pytest.raises(SystemExit) as stop, caplog.at_level(logging.ERROR):
         run_in_process(["data=synthetic_video", *QUIET], tmp_path / "out")
