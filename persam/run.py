@@ -81,6 +81,12 @@ def build_features(cfg: DictConfig, encoder: Encoder, cache):
     node = cfg.get("features")
     if node is None or not takes_features(cfg):
         return None
+    return features_from(node, encoder, cache)
+
+
+def features_from(node: DictConfig, encoder: Encoder, cache):
+    """A `features` group node -> its encoder: SAM's own embedding through `encoder`, DINOv2
+    through the embedding `cache` (errors as `build_features`)."""
     target = str(node.get("_target_", ""))
     if target.startswith("persam.backbones.dinov2"):
         return build(node, refuse=(BackboneError, ValueError), label="features", cache=cache)

@@ -77,8 +77,12 @@ def test_demo_config_reuses_the_groups():
     cfg = _compose()
     assert cfg.host == "127.0.0.1" and cfg.port == 7860
     assert cfg.backbone.name == "embedded"
-    assert set(cfg.methods) == {"persam", "persam_f"}
+    assert set(cfg.methods) == {"persam", "persam_f", "gf_sam"}
     assert cfg.methods.persam._target_ == "persam.model.method.PerSAM"
+    assert cfg.methods.gf_sam._target_ == "persam.model.gf_sam.GFSAM"
+    # GF-SAM on SAM's own features here (no DINOv2 ships), DINOv2 from the command line
+    assert cfg.features.name == "sam" and cfg.methods.gf_sam.empty_reference == "raise"
+    assert _compose(["features=dinov2"]).features.name == "dinov2_vitl14"
     assert cfg.methods.persam_f.scale_weights.steps == 1000
     assert cfg.example._target_ == "persam.data.synthetic.synthetic_dataset"
     cfg = _compose(["port=8123", "backbone=tiny", "methods.persam_f.scale_weights.steps=7"])
@@ -103,7 +107,11 @@ def test_method_options_follow_the_method_configs():
         "refine_steps": 2,
         "target_pooling": "mean",
         "fit_steps": None,
+        **dict.fromkeys(core.GF_SAM_SWITCHES),
     }
+    gf_sam = core.method_options(cfg.methods, "gf_sam")
+    assert {k: gf_sam[k] for k in core.GF_SAM_SWITCHES} == dict.fromkeys(core.GF_SAM_SWITCHES, True)
+    assert all(gf_sam[k] is None for k in (*core.SWITCHES, "refine_steps", "fit_steps"))
     persam_f = core.method_options(cfg.methods, "persam_f")
     assert persam_f["negative_point"] is False and persam_f["guided_attention"] is False
     assert persam_f["target_pooling"] == "max_mean" and persam_f["fit_steps"] == 1000
@@ -247,13 +255,51 @@ def test_component_switches_reach_the_method(demo, example):
         core.build_method(demo.methods, "persam_x", demo.sam, demo.encoder)
 
 
-def test_empty_reference_mask_is_refused(demo, example):
+@pytest.mark.parametrize("name", ["persam", "gf_sam"])
+def test_empty_reference_mask_is_refused(demo, example, name):
     ref, ann, tests, _ = example
-    method = core.build_method(demo.methods, "persam", demo.sam, demo.encoder)
-    with pytest.raises(
-        core.DemoInputError, match="Unusable reference mask: the reference mask is empty"
-    ):
+    method = core.build_method(demo.methods, name, demo.sam, demo.encoder, features=demo.features)
+    with pytest.raises(core.DemoInputError, match="Unusable reference mask: .*empty"):
         core.run_method(method, ref, np.zeros_like(ann), tests)
+
+
+def test_gf_sam_in_the_page_is_the_configured_method(demo, example):
+    """GF-SAM in the page: the configured `GFSAM` on the demo's features; masks equal to the
+    method's own; its probability map, selected points and masks as panels; its switches."""
+    from persam.model.gf_sam import GFSAM
+
+    ref, ann, tests, truth = example
+    method = core.build_method(
+        demo.methods, "gf_sam", demo.sam, demo.encoder, demo.trainer, features=demo.features
+    )
+    assert isinstance(method, GFSAM) and method.features is demo.features
+    result = core.run_method(method, ref, ann, tests)
+    target = method.learn(ref, ann)
+    for item, (name, image) in zip(result.images, tests, strict=True):
+        direct = method.segment(image, target)
+        np.testing.assert_array_equal(item.mask, direct.mask)
+        np.testing.assert_array_equal(item.prediction.labels, direct.labels)
+        assert item.similarity.shape == image.shape[:2]
+        assert float(item.similarity.max()) == pytest.approx(float(direct.prob.max()), abs=1e-6)
+        captions = [c.split(": ")[1] for _, c in item.panels()]
+        selected = int(direct.labels.sum())
+        assert captions == [
+            "final mask",
+            "probability, points (green selected, red not)",
+            f"{selected} selected mask(s)",
+        ]
+        assert all(p.shape == image.shape and p.dtype == np.uint8 for p, _ in item.panels())
+        assert _iou(item.mask, truth[name]) > 0.3  # measured 0.41-0.59 (SAM's features)
+    text = core.summary(result)
+    assert "gf_sam" in text and "selected" in text and "component(s)" in text
+    assert result.target.fit is None  # no PerSAM-F weights or loss shown
+    off = {"mask_growth": False, "point_consistency": False, "negative_point": False}
+    method = core.build_method(demo.methods, "gf_sam", demo.sam, demo.encoder, options=off)
+    assert (method.mask_growth, method.point_consistency, method.negative_filter) == (
+        False,
+        False,
+        True,
+    )
 
 
 def test_persam_f_fit_progress_weights_loss_and_zip(demo, example, tmp_path):
@@ -330,6 +376,7 @@ def test_page_has_every_control(demo):
         "test-images",
         "method",
         *core.SWITCHES,
+        *core.GF_SAM_SWITCHES,
         "fit-steps",
         "run",
         "status",
@@ -379,7 +426,8 @@ def _wait_until_served(url: str, proc: subprocess.Popen, log: Path, timeout: flo
 def test_page_in_a_real_browser_matches_persam_run(tmp_path):
     """The real page in headless Chromium: bad input gives its message; a reference + mask +
     two test images uploaded give PerSAM masks equal to `persam.run`'s on the same files;
-    PerSAM-F shows its weights and loss; clicked points and painting make reference masks."""
+    PerSAM-F shows its weights and loss; GF-SAM its own switches and panels; clicked points and
+    painting make reference masks."""
     _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
@@ -475,6 +523,17 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             page.screenshot(path=str(tmp_path / "demo.jpg"), full_page=True, quality=85)
             hrefs = {persam_zip, link.get_attribute("href")}
 
+            # GF-SAM: its switches replace PerSAM's; three panels per image, no fit shown
+            page.get_by_label("GF-SAM").check()
+            expect(page.locator("#mask_growth input")).to_be_checked()
+            expect(page.locator("#negative_point")).to_be_hidden()
+            expect(page.locator("#fit-steps")).to_be_hidden()
+            page.click("#run")
+            expect(page.locator("#status")).to_contain_text("component(s)", timeout=120_000)
+            expect(page.locator("#results img")).to_have_count(6)
+            expect(page.locator("#weights")).to_be_hidden()
+            hrefs.add(link.get_attribute("href"))
+
             # a reference mask from clicked points (SAM), then one painted in the editor
             page.get_by_label("PerSAM (training-free)").check()
             page.get_by_role("tab", name="Click points").click()
@@ -533,4 +592,4 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             assert ours.shape == expected.shape and (ours > 0).any()
             np.testing.assert_array_equal(ours, expected)
     # every request wrote its masks into the demo's run folder
-    assert len(list((tmp_path / "d" / "results").glob("*/masks.zip"))) == 4
+    assert len(list((tmp_path / "d" / "results").glob("*/masks.zip"))) == 5

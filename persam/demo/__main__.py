@@ -28,13 +28,15 @@ from omegaconf import DictConfig  # noqa: E402
 from persam.conf import CONFIG_DIR  # noqa: E402
 from persam.data import build_dataset  # noqa: E402
 from persam.model.encoder import Encoder  # noqa: E402
-from persam.run import build_backbone  # noqa: E402
+from persam.run import build_backbone, features_from  # noqa: E402
 
 log = logging.getLogger("persam.demo")
 
 
 def build_demo(cfg: DictConfig, run_dir: Path):
-    """The `Demo` of `cfg` (conf/demo.yaml): backbone, cached encoder, methods, example."""
+    """The `Demo` of `cfg` (conf/demo.yaml): backbone, cached encoder, GF-SAM's features,
+    methods, example."""
+    from persam.demo import core
     from persam.demo.app import Demo
 
     if cfg.start_method not in cfg.methods:
@@ -43,13 +45,18 @@ def build_demo(cfg: DictConfig, run_dir: Path):
         )
     torch.manual_seed(cfg.seed)
     sam = build_backbone(cfg)
-    encoder = Encoder(sam, instantiate(cfg.cache))
+    cache = instantiate(cfg.cache)
+    encoder = Encoder(sam, cache)
+    features = None
+    if cfg.get("features") is not None and any(core.is_gf_sam(cfg.methods, m) for m in cfg.methods):
+        features = features_from(cfg.features, encoder, cache)
     example = None
     if cfg.get("example") is not None:
         example = next(iter(build_dataset(cfg.example)))
     return Demo(
         sam=sam,
         encoder=encoder,
+        features=features,
         methods=cfg.methods,
         trainer=instantiate(cfg.trainer),
         results_dir=run_dir / "results",

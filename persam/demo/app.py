@@ -34,7 +34,11 @@ MASK_SOURCES = [
     ("painted in the editor", "paint"),
     ("clicked points (SAM)", "points"),
 ]
-METHOD_LABELS = {"persam": "PerSAM (training-free)", "persam_f": "PerSAM-F (fits 2 weights)"}
+METHOD_LABELS = {
+    "persam": "PerSAM (training-free)",
+    "persam_f": "PerSAM-F (fits 2 weights)",
+    "gf_sam": "GF-SAM (training-free, graph of point masks)",
+}
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Demo:
     backbone: str = ""
     start_method: str = "persam"
     example: ObjectSet | None = None
+    features: Any = None  # GF-SAM's features (the `features` group); None: SAM's own embedding
 
     def __post_init__(self) -> None:
         self._counter = itertools.count(1)
@@ -141,11 +146,18 @@ def build_app(demo: Demo) -> gr.Blocks:
 
     def method_changed(name):
         opts = core.method_options(demo.methods, name)
+        gf_sam = core.is_gf_sam(demo.methods, name)
+
+        def control(key):
+            return gr.update(value=opts[key], visible=opts[key] is not None)
+
         return (
-            *(gr.update(value=opts[k]) for k in core.SWITCHES),
-            gr.update(value=opts["refine_steps"]),
-            gr.update(value=opts["target_pooling"]),
-            gr.update(value=opts["fit_steps"], visible=opts["fit_steps"] is not None),
+            gr.update(visible=not gf_sam),
+            gr.update(visible=gf_sam),
+            *(control(k) for k in core.SWITCHES + core.GF_SAM_SWITCHES),
+            control("refine_steps"),
+            control("target_pooling"),
+            control("fit_steps"),
         )
 
     @_page_errors
@@ -161,6 +173,10 @@ def build_app(demo: Demo) -> gr.Blocks:
         negative,
         guided,
         semantic,
+        negative_filter,
+        mask_growth,
+        point_consistency,
+        fallback,
         refine_steps,
         pooling,
         fit_steps,
@@ -181,7 +197,11 @@ def build_app(demo: Demo) -> gr.Blocks:
             "negative_point": negative,
             "guided_attention": guided,
             "semantic_prompt": semantic,
-            "refine_steps": int(refine_steps),
+            "negative_filter": negative_filter,
+            "mask_growth": mask_growth,
+            "point_consistency": point_consistency,
+            "fallback": fallback,
+            "refine_steps": None if refine_steps is None else int(refine_steps),
             "target_pooling": pooling,
             "fit_steps": None if fit_steps is None else int(fit_steps),
         }
@@ -197,6 +217,7 @@ def build_app(demo: Demo) -> gr.Blocks:
             demo.trainer,
             options,
             fit_report=fit_report,
+            features=demo.features,
         )
         result = core.run_method(
             method, reference, annotation, tests, lambda f, d: progress(f, desc=d)
@@ -227,9 +248,11 @@ def build_app(demo: Demo) -> gr.Blocks:
         gr.Markdown(
             "# PerSAM: personalise Segment Anything from one reference\n"
             f"Backbone **{demo.backbone}**. Give a reference image and its mask (upload, paint "
-            "or click points), add test images, pick PerSAM or PerSAM-F and its components, "
-            "press **Segment**. Per test image: the final mask, the similarity map with the "
-            "positive (green) and negative (red) points, and the masks of steps 0, 1, 2."
+            "or click points), add test images, pick PerSAM, PerSAM-F or GF-SAM and its "
+            "components, press **Segment**. Per test image: the final mask, the similarity map "
+            "with the positive (green) and negative (red) points, and the masks of steps 0, 1, "
+            "2 (GF-SAM: its probability map with the selected points in green, and the masks "
+            "it selected)."
         )
         points_state = gr.State([])
         with gr.Row():
@@ -287,18 +310,29 @@ def build_app(demo: Demo) -> gr.Blocks:
                     label="Method",
                     elem_id="method",
                 )
-                with gr.Row():
-                    switches = [
-                        gr.Checkbox(value=start[k], label=k.replace("_", " "), elem_id=k)
-                        for k in core.SWITCHES
-                    ]
+                start_gf = core.is_gf_sam(demo.methods, demo.start_method)
+                switches, rows = [], []
+                for keys, visible in (
+                    (core.SWITCHES, not start_gf),
+                    (core.GF_SAM_SWITCHES, start_gf),
+                ):
+                    with gr.Row(visible=visible) as row:
+                        switches += [
+                            gr.Checkbox(value=bool(start[k]), label=k.replace("_", " "), elem_id=k)
+                            for k in keys
+                        ]
+                    rows.append(row)
                 refine = gr.Radio(
-                    [0, 1, 2], value=start["refine_steps"], label="cascaded refinement steps"
+                    [0, 1, 2],
+                    value=start["refine_steps"],
+                    label="cascaded refinement steps",
+                    visible=start["refine_steps"] is not None,
                 )
                 pooling = gr.Radio(
                     ["mean", "max_mean"],
                     value=start["target_pooling"],
                     label="target pooling (location prior)",
+                    visible=start["target_pooling"] is not None,
                 )
                 fit_steps = gr.Number(
                     value=start["fit_steps"],
@@ -333,7 +367,7 @@ def build_app(demo: Demo) -> gr.Blocks:
             [points_img, points_state, source, ref_view],
         )
         clear_btn.click(clear_points, [ref_file], [points_img, points_state])
-        method.change(method_changed, [method], [*switches, refine, pooling, fit_steps])
+        method.change(method_changed, [method], [*rows, *switches, refine, pooling, fit_steps])
         run_btn.click(
             segment,
             [

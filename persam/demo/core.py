@@ -2,8 +2,9 @@
 
 Everything the page computes goes through the project's own modules: images are read as
 `persam.run` reads them (`persam.data.perseg.read_image`), the method is the configured
-`persam.model.method.PerSAM` / `PerSAMF`, the heat map is `persam.model.location_prior.similarity_map`, the
-overlays are `persam.tasks.outputs.overlay` and the masks are written by `persam.tasks.outputs.write_mask`.
+`persam.model.method.PerSAM` / `PerSAMF` or `persam.model.gf_sam.GFSAM`, the heat map is
+`persam.model.location_prior.similarity_map` (GF-SAM: its probability map), the overlays are
+`persam.tasks.outputs.overlay` and the masks are written by `persam.tasks.outputs.write_mask`.
 Bad input raises `DemoInputError`, whose message is shown in the page as it is.
 
 Shapes: images RGB uint8 (H, W, 3); masks bool (H, W); annotations RGB uint8 (H, W, 3) whose
@@ -24,6 +25,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +33,7 @@ from persam.data.perseg import DataError, read_image
 from persam.model import location_prior
 from persam.model.decoder import decode
 from persam.model.encoder import Encoder
+from persam.model.gf_sam import GFSAMPrediction
 from persam.model.method import EmptyReferenceMask, PerSAM, Prediction, Target
 from persam.tasks.outputs import overlay, write_mask
 
@@ -41,6 +44,8 @@ ANNOTATION_RED = 128
 
 # The paper's components, as the page's switches (fields of conf/method/*.yaml).
 SWITCHES = ("positive_point", "negative_point", "guided_attention", "semantic_prompt")
+# GF-SAM's components shown as switches (fields of conf/method/gf_sam.yaml).
+GF_SAM_SWITCHES = ("negative_filter", "mask_growth", "point_consistency", "fallback")
 
 # One model in the process, one request on it at a time (the decoder's guidance is state).
 MODEL_LOCK = threading.Lock()
@@ -158,12 +163,20 @@ def read_test_images(paths: Sequence[str | Path] | None) -> list[tuple[str, np.n
 # ----------------------------------------------------------------------------- method
 
 
+def is_gf_sam(methods: DictConfig, name: str) -> bool:
+    """Whether method `name` of `methods` is GF-SAM (its own switches, panels and features)."""
+    return str(methods[name]._target_).endswith(".GFSAM")
+
+
 def method_options(methods: DictConfig, name: str) -> dict[str, Any]:
-    """The page's switches for method `name` as its config sets them."""
+    """The page's controls for method `name` as its config sets them: its switches (`SWITCHES`
+    or `GF_SAM_SWITCHES`), `refine_steps`, `target_pooling`, `fit_steps` (PerSAM-F); the
+    controls the method does not have are None."""
     cfg = methods[name]
-    opts = {k: bool(cfg[k]) for k in SWITCHES}
-    opts["refine_steps"] = int(cfg.refine_steps)
-    opts["target_pooling"] = str(cfg.target_pooling)
+    opts: dict[str, Any] = {k: bool(cfg[k]) if k in cfg else None for k in SWITCHES}
+    opts |= {k: bool(cfg[k]) if k in cfg else None for k in GF_SAM_SWITCHES}
+    opts["refine_steps"] = int(cfg.refine_steps) if "refine_steps" in cfg else None
+    opts["target_pooling"] = str(cfg.target_pooling) if "target_pooling" in cfg else None
     opts["fit_steps"] = int(cfg.scale_weights.steps) if "scale_weights" in cfg else None
     return opts
 
@@ -189,19 +202,23 @@ def build_method(
     trainer: Callable[..., L.Trainer] | None = None,
     options: dict[str, Any] | None = None,
     fit_report: Callable[[int, int], None] | None = None,
+    features: Any = None,
 ) -> PerSAM:
     """Instantiate method `name` of `methods` (conf/method/*) with the page's `options`.
 
-    `options` holds switches (`SWITCHES`), `refine_steps`, `target_pooling` and, for PerSAM-F,
-    `fit_steps`; missing ones keep the config's values. `trainer` is the Lightning Trainer
-    factory of the `trainer` group; `fit_report(step, total)` follows the PerSAM-F fit.
+    `options` holds switches (`SWITCHES`, `GF_SAM_SWITCHES`), `refine_steps`, `target_pooling`
+    and, for PerSAM-F, `fit_steps`; missing ones, and those the method has not, keep the
+    config's values. `trainer` is the Lightning Trainer factory of the `trainer` group;
+    `fit_report(step, total)` follows the PerSAM-F fit; `features` (the `features` group's
+    encoder) is GF-SAM's (None: SAM's own embedding).
     """
     if name not in methods:
         raise DemoInputError(f"Unknown method '{name}'; choose one of {', '.join(methods)}.")
     cfg = OmegaConf.to_container(methods[name], resolve=True)
     options = dict(options or {})
     fit_steps = options.pop("fit_steps", None)
-    cfg.update({k: v for k, v in options.items() if v is not None})
+    cfg.update({k: v for k, v in options.items() if v is not None and k in cfg})
+    extra = {"features": features} if is_gf_sam(methods, name) and features is not None else {}
     if "scale_weights" in cfg and fit_steps is not None:
         if int(fit_steps) < 1:
             raise DemoInputError(f"PerSAM-F fit steps must be at least 1, got {fit_steps}.")
@@ -212,7 +229,9 @@ def build_method(
         cfg["scale_weights"]["loop"] = "trainer"
         trainer = functools.partial(trainer or L.Trainer, callbacks=[FitProgress(fit_report)])
     try:
-        return instantiate(OmegaConf.create(cfg), sam=sam, encoder=encoder, trainer=trainer)
+        return instantiate(
+            OmegaConf.create(cfg), sam=sam, encoder=encoder, trainer=trainer, **extra
+        )
     except Exception as exc:  # the method's own argument checks (refine_steps, pooling)
         cause = exc.__cause__ or exc
         raise DemoInputError(f"Invalid method options: {cause}") from exc
@@ -243,33 +262,59 @@ def heatmap(image: np.ndarray, sim: torch.Tensor, coords, labels) -> np.ndarray:
     return overlay(blend, np.zeros(image.shape[:2], bool), coords, labels)
 
 
+def instances_view(image: np.ndarray, instance_map: np.ndarray) -> np.ndarray:
+    """An indexed map (H, W) (0 background, 1..K instances) -> each instance tinted its own
+    colour over `image`, outlined in yellow -> RGB."""
+    out = image.astype(np.float32)
+    k = int(instance_map.max())
+    rng = np.random.default_rng(0)  # the same colours on every page
+    for i, colour in zip(range(1, k + 1), rng.integers(60, 256, (k, 3)), strict=True):
+        sel = instance_map == i
+        out[sel] = 0.45 * out[sel] + 0.55 * colour
+    out = out.astype(np.uint8)
+    return mask_view(out, instance_map > 0) if k else out
+
+
 @dataclass
 class ImageResult:
     """One test image: its prediction and the panels the page shows."""
 
     name: str
     image: np.ndarray
-    prediction: Prediction
-    similarity: torch.Tensor  # (H, W) cosine similarity to the target
+    prediction: Prediction | GFSAMPrediction
+    similarity: torch.Tensor  # (H, W) cosine similarity to the target (GF-SAM: probability)
 
     @property
     def mask(self) -> np.ndarray:
         return self.prediction.mask
 
     def panels(self, persam_f: bool = False) -> list[tuple[np.ndarray, str]]:
-        """[(RGB, caption)]: final overlay, heat map + points, step 0, 1, 2 masks."""
+        """[(RGB, caption)]: final overlay, heat map + points, then PerSAM's step 0, 1, 2 masks
+        or GF-SAM's accepted masks (its instances)."""
         p = self.prediction
+        gf_sam = isinstance(p, GFSAMPrediction)
         out = [
             (mask_view(self.image, p.mask, p.coords, p.labels), f"{self.name}: final mask"),
             (
                 heatmap(self.image, self.similarity, p.coords, p.labels),
-                f"{self.name}: similarity, points (green +, red -)",
+                f"{self.name}: "
+                + (
+                    "probability, points (green selected, red not)"
+                    if gf_sam
+                    else "similarity, points (green +, red -)"
+                ),
             ),
+        ]
+        if gf_sam:
+            n = len(p.instances)
+            what = "the fallback's mask" if p.fallback else f"{n} selected mask(s)"
+            return out + [(instances_view(self.image, p.instance_map()), f"{self.name}: {what}")]
+        out.append(
             (
                 mask_view(self.image, p.first_mask, p.coords, p.labels),
                 f"{self.name}: step 0 ({'weighted mask' if persam_f else 'first mask'})",
-            ),
-        ]
+            )
+        )
         for i, (mask, best) in enumerate(p.steps, start=1):
             out.append(
                 (
@@ -313,8 +358,12 @@ def run_method(
         for i, (name, image) in enumerate(tests):
             report(i / len(tests), f"segmenting {name} ({i + 1}/{len(tests)})")
             prediction = method.segment(image, target)
-            # the encoder's predictor still holds this image: the map the points came from
-            sim = location_prior.similarity_map(method.encoder.predictor, target.location)
+            if isinstance(prediction, GFSAMPrediction):  # its probability map, at the image's size
+                sim = F.interpolate(
+                    torch.from_numpy(prediction.prob)[None, None], image.shape[:2], mode="bilinear"
+                )[0, 0]
+            else:  # the encoder's predictor still holds this image: the map the points came from
+                sim = location_prior.similarity_map(method.encoder.predictor, target.location)
             result.images.append(ImageResult(name, image, prediction, sim))
         report(1.0, "done")
     return result
@@ -363,11 +412,20 @@ def summary(result: DemoResult) -> str:
     lines = [f"**{result.method}**: {len(result.images)} image(s) segmented."]
     for item in result.images:
         p = item.prediction
+        area = 100.0 * float(item.mask.mean())
+        if isinstance(p, GFSAMPrediction):
+            comps = len(set(p.components.tolist()))
+            lines.append(
+                f"- {item.name}: mask {area:.1f}% of the image; {len(p.points)} points in "
+                f"{comps} component(s), {int(p.labels.sum())} selected"
+                + (" (the fallback)" if p.fallback else "")
+            )
+            lines += [f"  - warning: {w}" for w in p.warnings]
+            continue
         pts = ", ".join(
             f"{'+' if label else '-'}({x}, {y})"
             for (x, y), label in zip(p.coords.tolist(), p.labels.tolist(), strict=True)
         )
-        area = 100.0 * float(item.mask.mean())
         lines.append(f"- {item.name}: mask {area:.1f}% of the image; points {pts or 'none'}")
         lines += [f"  - warning: {w}" for w in p.warnings]
     fit = result.target.fit
