@@ -29,10 +29,24 @@ def _compose(overrides: list[str]):
         ("overlays=maybe", "overlays", "not a valid bool"),
         ("cache.enabled=off_", "cache.enabled", "not a valid bool"),
         ("seed=1.5", "seed", "Integer"),
+        ("method=gf_sam", None, None),
+        ("method.max_points=many", "method.max_points", "could not be converted to Integer"),
+        (
+            "method.empty_reference=skip",
+            "method.empty_reference",
+            "expected one of [square, raise]",
+        ),
+        ("method.mask_growth=ye", "method.mask_growth", "not a valid bool"),
     ],
 )
 def test_wrong_types_fail_at_composition_naming_the_field(override, field, says):
     overrides = ["data=perseg", override] if override.startswith("data.") else [override]
+    if override.split("=")[0] in (
+        "method.max_points",
+        "method.empty_reference",
+        "method.mask_growth",
+    ):
+        overrides = ["method=gf_sam", *overrides]
     if field is None:
         _compose(overrides)
         return
@@ -85,3 +99,30 @@ def test_choices_print_as_their_plain_strings():
     cfg = _compose(["method.target_pooling=max_mean"])
     value = cfg.method.target_pooling
     assert value == "max_mean" and str(value) == "max_mean" and f"{value}" == "max_mean"
+
+
+def test_gf_sam_fields_are_declared_once_and_reach_the_method_as_plain_values():
+    """conf/method/gf_sam.yaml states `_target_` and `name`; its fields and defaults are
+    `GFSAMOptions`'s (the constructor's), typed through the derived schema."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from persam.conf import CONFIG_DIR as conf
+    from persam.model.gf_sam import GFSAM
+    from persam.model.options import GFSAMOptions
+
+    stated = OmegaConf.load(f"{conf}/method/gf_sam.yaml")
+    assert set(stated) == {"defaults", "_target_", "name"}
+    cfg = _compose(["method=gf_sam", "features=sam", "method.empty_reference=raise"])
+    options = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k[0] != "_"}
+    options.pop("name")
+    defaults = {
+        k: str(v) if k == "empty_reference" else v for k, v in asdict(GFSAMOptions()).items()
+    }
+    assert options == {**defaults, "empty_reference": "raise"}
+    method = instantiate(cfg.method, sam=instantiate(cfg.backbone))
+    assert isinstance(method, GFSAM)
+    assert method.empty_reference == "raise" and type(method.empty_reference) is str
+    with pytest.raises(TypeError, match="unexpected keyword argument.*mask_grow.*the fields are"):
+        GFSAM(method.sam, mask_grow=False)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from persam.model.options import (  # noqa: F401 - Choice, plain: re-exported
     Choice,
+    GFSAMOptions,
     PerSAMFOptions,
     PerSAMOptions,
     plain,
@@ -47,6 +48,7 @@ def _method_schema(options: type, target: str, name: str) -> type:
 # -- method ----------------------------------------------------------------------------------
 PerSAMSchema = _method_schema(PerSAMOptions, "persam.model.method.PerSAM", "persam")
 PerSAMFSchema = _method_schema(PerSAMFOptions, "persam.model.method.PerSAMF", "persam_f")
+GFSAMSchema = _method_schema(GFSAMOptions, "persam.model.gf_sam.GFSAM", "gf_sam")
 # PerSAM on DINOv2 features (conf/method/persam_dinov2.yaml): PerSAM's fields plus the slot of
 # the method's own `features` group (the `features` constructor argument, not an option).
 PerSAMFeaturesSchema = make_dataclass(
@@ -134,6 +136,7 @@ SCHEMAS = {
     "persam_schema": PerSAMSchema,
     "persam_f_schema": PerSAMFSchema,
     "persam_features_schema": PerSAMFeaturesSchema,
+    "gf_sam_schema": GFSAMSchema,
     "perseg_schema": PerSegSchema,
     "synthetic_schema": SyntheticSchema,
 }

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +38,7 @@ from persam.model.encoder import Encoder
 from persam.model.features import SAMFeatures
 from persam.model.method import EmptyReferenceMask as _EmptyReferenceMask
 from persam.model.method import references
+from persam.model.options import GFSAMOptions, options_of, plain
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ class GFSAM:
         (`persam.backbones.dinov2.DINOv2Features`, `persam.model.features.SAMFeatures`), or a
         factory called with `encoder=` (the `features` config group, `_partial_`); None: SAM's
         own embedding.
+      recorder: receives every stage's values (`record(name, value)`); None in production.
+      **options: the fields of `GFSAMOptions` (`persam/model/options.py`, declared once, the
+        defaults the official code's; `conf/method/gf_sam.yaml` types them through its schema):
       image_size: the working size S (the official evaluation's 1024).
       negative_filter: zero the cross map where the background prior's mean map (min-max
         normalised) exceeds it.
@@ -134,7 +138,6 @@ class GFSAM:
       fallback: with no point selected, take the mask of the best-scored undecided point.
       empty_reference: every reference mask empty: `square` (the official 14 x 14 centre square)
         or `raise`.
-      recorder: receives every stage's values (`record(name, value)`); None in production.
     """
 
     name = "gf_sam"
@@ -143,6 +146,8 @@ class GFSAM:
     #: location prior to track with.
     video_per_frame = True
 
+    Options = GFSAMOptions
+
     def __init__(
         self,
         sam: Sam,
@@ -150,28 +155,12 @@ class GFSAM:
         trainer: Callable[..., Any] | None = None,
         name: str = "gf_sam",
         features: Any = None,
-        image_size: int = 1024,
-        negative_filter: bool = True,
-        max_points: int | None = 128,
-        points_per_batch: int = 64,
-        mask_growth: bool = True,
-        point_consistency: bool = True,
-        consistency_vote: bool = True,
-        fallback: bool = True,
-        empty_reference: str = "square",
         recorder: Recorder | None = None,
+        **options: Any,
     ) -> None:
-        empty_reference = getattr(empty_reference, "value", empty_reference)
-        if empty_reference not in ("square", "raise"):
-            raise ValueError(
-                f"method.empty_reference must be square or raise, got {empty_reference!r}"
-            )
-        if max_points is not None and int(max_points) < 1:
-            raise ValueError(f"method.max_points must be >= 1 or null, got {max_points}")
-        if int(points_per_batch) < 1:
-            raise ValueError(f"method.points_per_batch must be >= 1, got {points_per_batch}")
-        if int(image_size) < 2 * graph.EMPTY_SQUARE:
-            raise ValueError(f"method.image_size must be >= 14, got {image_size}")
+        self.options = options_of(self.Options, options)
+        for f in fields(GFSAMOptions):  # plain values for the code below
+            setattr(self, f.name, plain(getattr(self.options, f.name)))
         self.name = name
         self.sam = sam
         self.encoder = encoder or Encoder(sam)
@@ -181,15 +170,6 @@ class GFSAM:
         elif not isinstance(features, SAMFeatures) and not hasattr(features, "grid"):
             features = features(encoder=self.encoder)  # a config group's partial
         self.features = features
-        self.image_size = int(image_size)
-        self.negative_filter = bool(negative_filter)
-        self.max_points = None if max_points is None else int(max_points)
-        self.points_per_batch = int(points_per_batch)
-        self.mask_growth = bool(mask_growth)
-        self.point_consistency = bool(point_consistency)
-        self.consistency_vote = bool(consistency_vote)
-        self.fallback = bool(fallback)
-        self.empty_reference = empty_reference
         self.recorder = recorder
 
     # -- helpers -----------------------------------------------------------------------------

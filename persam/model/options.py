@@ -1,9 +1,9 @@
 """A method's options, declared once.
 
-`PerSAM(sam, **options)` and `PerSAMF(sam, **options)` take these fields; their config schemas
-(`persam.app.schema`, which types `conf/method/*.yaml` when Hydra composes them) are derived
-from these classes, and `conf/method/persam.yaml` / `persam_f.yaml` state only `_target_` and
-`name`. `python -m persam.run --cfg job` prints every field with its value. Each rule is
+`PerSAM(sam, **options)`, `PerSAMF(sam, **options)` and `GFSAM(sam, **options)` take these
+fields; their config schemas (`persam.app.schema`, which types `conf/method/*.yaml` when Hydra
+composes them) are derived from these classes, and `conf/method/persam.yaml` / `persam_f.yaml` /
+`gf_sam.yaml` state only `_target_` and `name`. `python -m persam.run --cfg job` prints every field with its value. Each rule is
 checked here, once (`__post_init__`), for the command line and the Python API alike.
 """
 
@@ -63,6 +63,11 @@ class FitLoop(Choice):
 
     plain = "plain"
     trainer = "trainer"
+
+
+# GF-SAM, every reference mask empty: the official 14 x 14 centre square, or refuse. (The
+# functional form: `raise` is a keyword; OmegaConf matches a member by its name.)
+EmptyReference = Choice("EmptyReference", {"square": "square", "raise": "raise"})
 
 
 def plain(value: Any) -> Any:
@@ -209,6 +214,41 @@ class PerSAMFOptions(PerSAMOptions):
         super().__post_init__()
         if not isinstance(self.scale_weights, ScaleWeightsOptions):
             self.scale_weights = ScaleWeightsOptions(**dict(self.scale_weights or {}))
+
+
+# GF-SAM's working size must hold the empty-reference centre square (14 x 14 pixels).
+GF_SAM_MIN_SIZE = 14
+
+
+@dataclass
+class GFSAMOptions:
+    """GF-SAM (`persam.model.gf_sam`): every component one switch; the defaults are the
+    official code's (ANDYZAQ/GF-SAM)."""
+
+    image_size: int = 1024  # references and query are resized to this square (official: 1024)
+    # zero the cross map where the background prior's mean map exceeds it
+    negative_filter: bool = True
+    max_points: Optional[int] = 128  # noqa: UP045 - the cap on the points (null: no cap)
+    points_per_batch: int = 64  # points decoded by SAM at a time
+    mask_growth: bool = True  # accept a component's masks one by one (false: its union decides)
+    point_consistency: bool = True  # keep points whose own component is the most self-similar
+    consistency_vote: bool = True  # per-component majority vote of the consistency flags
+    fallback: bool = True  # no point selected: the best-scored undecided point's mask
+    # every reference mask empty: square (the official 14 x 14 centre square) | raise
+    empty_reference: EmptyReference = EmptyReference.square
+
+    def __post_init__(self) -> None:
+        _choice(self, "empty_reference", EmptyReference)
+        if self.max_points is not None and int(self.max_points) < 1:
+            raise ValueError(f"method.max_points must be >= 1 or null, got {self.max_points}")
+        if int(self.points_per_batch) < 1:
+            raise ValueError(
+                f"method.points_per_batch must be >= 1, got {self.points_per_batch}"
+            )
+        if int(self.image_size) < GF_SAM_MIN_SIZE:
+            raise ValueError(
+                f"method.image_size must be >= {GF_SAM_MIN_SIZE}, got {self.image_size}"
+            )
 
 
 def options_of(cls: type, values: dict) -> Any:
