@@ -318,7 +318,14 @@ def test_data_configs_build_the_datasets(data, kind, fss_root, coco_root, lvis_r
     from persam.conf import CONFIG_DIR
 
     roots = {"fss1000": fss_root, "coco20i": coco_root, "lvis92i": lvis_root}
-    extra = {"fss1000": [f"data.split_file={fss_root / 'test.txt'}"], "coco20i": [], "lvis92i": []}
+    # the JSON layouts: the project's draw (official, the default, reads the official loaders'
+    # pickled lists: tests/test_fewshot_official.py)
+    persam = ["data.protocol=persam"]
+    extra = {
+        "fss1000": [f"data.split_file={fss_root / 'test.txt'}"],
+        "coco20i": persam,
+        "lvis92i": persam,
+    }
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         real = compose("config", [f"data={data}", f"data.root={roots[data]}", *extra[data]])
         synthetic = compose("config", [f"data=synthetic_{data}", f"paths.cache_dir={tmp_path}"])
@@ -331,3 +338,5 @@ def test_data_configs_build_the_datasets(data, kind, fss_root, coco_root, lvis_r
         _well_formed(ds, ds.episodes()[:20])
     # FSS-1000's official protocol runs every query once; the others draw 1000 episodes
     assert real.data.episodes == (None if data == "fss1000" else 1000)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        assert compose("config", [f"data={data}"]).data.protocol == "official"  # the default

@@ -83,7 +83,14 @@ def test_acceptance_command(fss, tmp_path, shots):
 def test_persam_f_on_coco_layout_and_bad_input(tmp_path):
     root = tmp_path / "coco"
     write_layout(root, "coco20i", classes=8, images_per_class=4, seed=1)
-    base = ["data=coco20i", f"data.root={root}", "logger=none", "overlays=false"]
+    # the layout's instances JSON: the project's draw (official reads HSNet's pickled lists)
+    base = [
+        "data=coco20i",
+        "data.protocol=persam",
+        f"data.root={root}",
+        "logger=none",
+        "overlays=false",
+    ]
     out = tmp_path / "F"
     proc = run_app(
         [
@@ -162,6 +169,7 @@ def test_report_tables_per_fold(tmp_path):
         [
             "-m",
             "data=coco20i",
+            "data.protocol=persam",
             f"data.root={root}",
             "data.fold=0,3",
             "data.shots=1,2",

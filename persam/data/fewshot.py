@@ -18,6 +18,13 @@ in the run folder) is the same for every method and every `shots`-independent se
   with more than k images, in id order, fold i holds the i-th, (i + 10)-th, ... of them (92 per
   fold); episode e draws from class e mod 92 (round robin), then the query and supports.
 
+`data.protocol=official` (GF-SAM's and Matcher's evaluation, whose published tables these
+numbers join) reads the official loaders' own files instead and draws as they do, from numpy's
+legacy generator seeded `seed` once: FSS-1000 the queries in dataset order; COCO-20i HSNet's
+per-fold image lists (`splits/val/fold<i>.pkl`) and class-index masks (`annotations/...png`),
+1000 episodes; LVIS-92i Matcher's `lvis_val.pkl`, 2300 episodes a fold. Images are resized to
+1024 x 1024 and scored at that size. `persam` keeps this project's own seeded draw.
+
 Bad files raise `DataError` naming the file and the fix.
 """
 
@@ -40,6 +47,20 @@ SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 FSS1000_TEST_SPLIT = SPLITS_DIR / "fss1000_test.txt"
 FG_VALUE = 128  # annotation foreground handed to the method (PerSeg's red 128, R channel)
 PROTOCOLS = ("official", "persam")
+
+# COCO's 80 categories in id order: HSNet's class index i (mask value i + 1) is the i-th.
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -138,6 +159,8 @@ class FewShotDataset:
     # -- files -------------------------------------------------------------------------------
     def read_image(self, rel: str) -> np.ndarray:
         path = self.root / rel
+        if self.protocol == "official":  # PIL, convert('RGB'), as the official loaders
+            return read_image_pil(path)
         if not path.is_file():
             raise DataError(
                 f"Image not found: {path}. Check data.root (the {self.benchmark} folder"
@@ -395,11 +418,6 @@ class FSS1000Dataset(FewShotDataset):
         n = sum(len(v) for v in self.images.values())
         return n if self.n_episodes is None else self.n_episodes
 
-    def read_image(self, rel: str) -> np.ndarray:
-        if self.protocol == "official":
-            return read_image_pil(self.root / rel)
-        return super().read_image(rel)
-
     def draw(self) -> list[Episode]:
         if self.protocol == "official":
             return self._official()
@@ -442,17 +460,47 @@ class FSS1000Dataset(FewShotDataset):
         out = []
         for i in range(self._count()):
             cls, query = queries[i % len(queries)]
-            stems = by_stem[cls]
-            supports: list[str] = []
-            while True:
-                k = rng.choice(range(1, len(stems) + 1), 1, replace=False)[0]
-                support = stems[str(k)]
-                if support != query:
-                    supports.append(support)
-                if len(supports) == self.shots:
-                    break
-            out.append(Episode(i, cls, query, tuple(supports)))
+            # choice(range(1, n + 1)) and choice of the n paths by k draw the same k
+            by_k = [by_stem[cls][str(k)] for k in range(1, len(by_stem[cls]) + 1)]
+            out.append(Episode(i, cls, query, official_supports(rng, by_k, query, self.shots)))
         return out
+
+
+def official_supports(
+    rng: np.random.RandomState, candidates: list[str], query: str, shots: int
+) -> tuple[str, ...]:
+    """The official loaders' support loop: `choice(candidates, 1, replace=False)[0]` until
+    `shots` are drawn, a draw equal to the query discarded; supports are not de-duplicated.
+    The caller guarantees a candidate other than the query (the loop never ends otherwise)."""
+    supports: list[str] = []
+    while True:
+        support = str(candidates[int(rng.choice(len(candidates), 1, replace=False)[0])])
+        if support != query:
+            supports.append(support)
+        if len(supports) == shots:
+            return tuple(supports)
+
+
+def read_pickle(path: Path, what: str, kind: type = dict):
+    """An official loader's pickled list (`kind`), refused with the file and the fix."""
+    import pickle
+
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: data.protocol=official reads {what}. Point data.root at the "
+            "official layout (docs/fewshot.md), or use data.protocol=persam."
+        )
+    try:
+        with path.open("rb") as f:
+            value = pickle.load(f)  # the official loaders' own file format
+    except Exception as exc:  # noqa: BLE001 - any unpickling error: a corrupt file
+        raise DataError(f"Cannot read {path} ({exc!r}): download {what} again.") from exc
+    if not isinstance(value, kind):
+        raise DataError(
+            f"{path} holds a {type(value).__name__}, not the {kind.__name__} of {what}: "
+            "download it again."
+        )
+    return value
 
 
 # ------------------------------------------------------------------------ COCO-style JSONs
@@ -577,7 +625,19 @@ class _CocoStyleDataset(FewShotDataset):
             )
         self.fold = fold
         self.annotations = self.root / annotations
-        self.index = _CocoIndex(self.annotations, image_path)
+        # official: the official loader's own files (read by the subclass), not the JSON
+        self.index = (
+            None if self.protocol == "official" else _CocoIndex(self.annotations, image_path)
+        )
+
+    def draw(self) -> list[Episode]:
+        if self.protocol == "official":
+            rng = np.random.RandomState(self.seed)
+            return [self._official(rng, i) for i in range(self._count())]
+        return super().draw()
+
+    def _official(self, rng: np.random.RandomState, index: int) -> Episode:  # pragma: no cover
+        raise NotImplementedError
 
     def _assign(self, eligible: list[tuple[int, str]]) -> None:
         """Fold i: the i-th, (i + n_folds)-th, ... of the `eligible` (id, name) categories."""
@@ -603,6 +663,8 @@ class _CocoStyleDataset(FewShotDataset):
         return self.index.mask(self.image_id[(cls, rel)], self.cat_of[cls])
 
     def describe(self) -> dict:
+        if self.protocol == "official":  # the official loader's files, not the JSON
+            return super().describe()
         return {**super().describe(), "annotations": str(self.annotations)}
 
 
@@ -612,10 +674,17 @@ class COCO20iDataset(_CocoStyleDataset):
     Args:
       root: the COCO folder; annotations: the instances JSON relative to it; images: the image
         folder relative to it; fold: 0-3; shots, episodes, seed: as for every benchmark.
+      protocol: `persam` (the JSON; each episode draws a class, a query and k distinct other
+        supports from `default_rng(seed)`) or `official` (HSNet's `DatasetCOCO`, as Matcher and
+        GF-SAM evaluate: root is HSNet's COCO2014 folder, `splits/val/fold<fold>.pkl` (class
+        index -> image names, in the pickle's order), `annotations/<name>.png` (pixel = class
+        index + 1), the images at `root/<name>`; per episode `choice` of the class, the query
+        and the supports from numpy's legacy generator seeded `seed`; images at 1024 x 1024).
     """
 
     benchmark = "coco20i"
     n_folds = 4
+    protocols = ("official", "persam")
 
     def __init__(
         self,
@@ -642,6 +711,9 @@ class COCO20iDataset(_CocoStyleDataset):
             episodes_file=episodes_file,
             image_size=image_size,
         )
+        if self.protocol == "official":
+            self._read_official_lists()
+            return
         cats = self.index.categories
         if len(cats) != 80:
             warnings.warn(
@@ -657,6 +729,50 @@ class COCO20iDataset(_CocoStyleDataset):
         query = self.images[cls][int(rng.integers(len(self.images[cls])))]
         return Episode(index, cls, query, self._supports(rng, cls, query))
 
+    # -- official (HSNet's DatasetCOCO) ----------------------------------------------------------
+    def _read_official_lists(self) -> None:
+        path = self.root / "splits" / "val" / f"fold{self.fold}.pkl"
+        lists = read_pickle(path, f"HSNet's COCO-20i image lists of fold {self.fold}")
+        self.class_index = {}
+        for i in (self.fold + self.n_folds * v for v in range(len(COCO_CLASSES) // 4)):
+            names = lists.get(i)
+            if not isinstance(names, list) or len({str(n) for n in names}) < 2:
+                raise DataError(
+                    f"{path} has {'no' if names is None else 'fewer than 2'} image(s) of class "
+                    f"{i} ({COCO_CLASSES[i]}): an episode needs a query and another support. "
+                    "Download HSNet's split files again."
+                )
+            cls = COCO_CLASSES[i]
+            self.class_index[cls] = i
+            self.classes.append(cls)
+            self.images[cls] = [str(n) for n in names]  # the pickle's order: the draw uses it
+
+    def _official(self, rng: np.random.RandomState, index: int) -> Episode:
+        ids = [self.class_index[c] for c in self.classes]
+        cls = COCO_CLASSES[int(rng.choice(ids, 1, replace=False)[0])]
+        names = self.images[cls]
+        query = str(names[int(rng.choice(len(names), 1, replace=False)[0])])
+        return Episode(index, cls, query, official_supports(rng, names, query, self.shots))
+
+    def read_mask(self, rel: str, cls: str) -> np.ndarray:
+        if self.protocol != "official":
+            return super().read_mask(rel, cls)
+        from PIL import Image
+
+        if ".jpg" not in rel:
+            raise DataError(f"{rel}: HSNet's COCO lists name .jpg images; check the split file.")
+        path = self.root / "annotations" / (rel[: rel.index(".jpg")] + ".png")
+        if not path.is_file():
+            raise DataError(
+                f"Mask not found: {path}. data.protocol=official reads HSNet's class-index masks "
+                "(root/annotations/<image>.png); put them there or use data.protocol=persam."
+            )
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im) == self.class_index[cls] + 1
+        except OSError as exc:
+            raise DataError(f"Cannot read mask {path} ({exc}): replace it.") from exc
+
 
 class LVIS92iDataset(_CocoStyleDataset):
     """LVIS-92i: the LVIS v1 val JSON over COCO 2017 images (`root/<split>2017/<file>`).
@@ -664,11 +780,19 @@ class LVIS92iDataset(_CocoStyleDataset):
     Args:
       root: the folder holding train2017/, val2017/ and the annotations; annotations: the LVIS
         v1 val JSON relative to it; fold: 0-9; shots, episodes, seed: as for every benchmark
-        (Matcher's protocol runs 2300 episodes a fold).
+        (Matcher's protocol runs 2300 episodes a fold: `episodes=null` under `official`).
+      protocol: `persam` (the JSON, `default_rng(seed)`) or `official` (Matcher's `DatasetLVIS`,
+        as Matcher and GF-SAM evaluate: root is Matcher's LVIS folder, `lvis_val.pkl` (category
+        -> {image name: {annotations}}, the pickle's order), the images at `root/coco/<name>`;
+        the categories with more than `shots` images, fold i every 10th from i; episode e the
+        class e mod n, the query and supports by `choice` from numpy's legacy generator seeded
+        `seed`; a mask the union of the annotations' polygons / RLEs; images at 1024 x 1024).
+        The classes are named by their LVIS category id.
     """
 
     benchmark = "lvis92i"
     n_folds = 10
+    protocols = ("official", "persam")
 
     def __init__(
         self,
@@ -694,6 +818,9 @@ class LVIS92iDataset(_CocoStyleDataset):
             episodes_file=episodes_file,
             image_size=image_size,
         )
+        if self.protocol == "official":
+            self._read_official_lists()
+            return
         eligible = [
             (cid, name)
             for cid, name in self.index.categories
@@ -705,3 +832,61 @@ class LVIS92iDataset(_CocoStyleDataset):
         cls = self.classes[index % len(self.classes)]
         query = self.images[cls][int(rng.integers(len(self.images[cls])))]
         return Episode(index, cls, query, self._supports(rng, cls, query))
+
+    # -- official (Matcher's DatasetLVIS) -------------------------------------------------------
+    def _count(self) -> int:
+        if self.protocol == "official" and self.n_episodes is None:
+            return 2300  # Matcher's episodes a fold
+        return super()._count()
+
+    def _read_official_lists(self) -> None:
+        path = self.root / "lvis_val.pkl"
+        anno = read_pickle(path, "Matcher's LVIS-92i annotations (lvis_val.pkl)")
+        eligible = [c for c in anno if isinstance(anno[c], dict) and len(anno[c]) > self.shots]
+        per_fold = len(eligible) // self.n_folds
+        if per_fold == 0:
+            raise DataError(
+                f"{path} has {len(eligible)} categories with more than data.shots={self.shots} "
+                f"images, fewer than the {self.n_folds} folds: is it Matcher's lvis_val.pkl?"
+            )
+        self.official = {}
+        for cid in (eligible[self.fold + self.n_folds * v] for v in range(per_fold)):
+            cls = str(cid)
+            self.classes.append(cls)
+            self.official[cls] = anno[cid]
+            self.images[cls] = [f"coco/{name}" for name in anno[cid]]  # the pickle's order
+
+    def _official(self, rng: np.random.RandomState, index: int) -> Episode:
+        cls = self.classes[index % len(self.classes)]
+        names = self.images[cls]
+        query = str(names[int(rng.choice(len(names), 1, replace=False)[0])])
+        return Episode(index, cls, query, official_supports(rng, names, query, self.shots))
+
+    def read_mask(self, rel: str, cls: str) -> np.ndarray:
+        if self.protocol != "official":
+            return super().read_mask(rel, cls)
+        from PIL import Image
+        from pycocotools import mask as mask_utils
+
+        with Image.open(self.root / rel) as im:
+            width, height = im.size
+        info = self.official[cls].get(rel.removeprefix("coco/"))
+        segms = [] if not isinstance(info, dict) else info.get("annotations") or []
+        out = np.zeros((height, width), bool)
+        for ann in segms:
+            seg = ann.get("segmentation") if isinstance(ann, dict) else None
+            try:
+                if isinstance(seg, list):  # polygons (detectron2's polygons_to_bitmask)
+                    if seg:
+                        rles = mask_utils.frPyObjects([np.asarray(p) for p in seg], height, width)
+                        out |= mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+                elif isinstance(seg, dict):  # COCO RLE
+                    out |= mask_utils.decode(seg).astype(bool)
+                else:
+                    raise TypeError(f"segmentation of type {type(seg).__name__}")
+            except (TypeError, ValueError, KeyError) as exc:
+                raise DataError(
+                    f"{self.root / 'lvis_val.pkl'}: an annotation of category {cls} in {rel} "
+                    f"cannot be decoded ({exc}). Download Matcher's file again."
+                ) from exc
+        return out
