@@ -21,6 +21,11 @@ GOLDEN_OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 # OpenMP threads that spin while waiting cost several times the CPU on a busy machine (see
 # persam/run.py); set before anything imports torch, for this process and its children.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each takes its
+# share of threads (before torch is loaded), so two workers on two cores do not fight.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
