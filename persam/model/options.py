@@ -242,9 +242,7 @@ class GFSAMOptions:
         if self.max_points is not None and int(self.max_points) < 1:
             raise ValueError(f"method.max_points must be >= 1 or null, got {self.max_points}")
         if int(self.points_per_batch) < 1:
-            raise ValueError(
-                f"method.points_per_batch must be >= 1, got {self.points_per_batch}"
-            )
+            raise ValueError(f"method.points_per_batch must be >= 1, got {self.points_per_batch}")
         if int(self.image_size) < GF_SAM_MIN_SIZE:
             raise ValueError(
                 f"method.image_size must be >= {GF_SAM_MIN_SIZE}, got {self.image_size}"
