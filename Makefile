@@ -11,8 +11,9 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,demo,fewshot,mobile-sam,hf-sam,efficientvit-sam
 SAM2 ?= 1
 # The test command (README); `make test` runs it in the venv, .ci/run adds PYTEST_ARGS.
-# pytest-xdist: one worker a core, at most 4 (each holds its models: ~1.5 GB).
-PYTEST ?= python -m pytest -q -rs -n auto --maxprocesses 4
+# pytest-xdist: one worker a core, at most 4 (each holds its models: ~1.5 GB); a test file
+# runs on one worker, so its module fixtures (models, runs, cached episodes) are built once.
+PYTEST ?= python -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile
 PYTEST_ARGS ?=
 
 .PHONY: install install-core install-all run test test-fast lint demo
@@ -55,7 +56,7 @@ test: install-all
 	$(VENV)/bin/$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install-all
-	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: install-all
 	$(VENV)/bin/ruff check persam tests benchmarks && $(VENV)/bin/ruff format --check persam tests benchmarks
