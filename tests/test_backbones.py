@@ -251,6 +251,7 @@ def test_embedding_cache_keys_on_the_backbone(family, tmp_path):
 # -- MobileSAM specifics ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mobile_sam_keeps_timms_registry():
     """Importing `mobile_sam` itself replaces timm's tiny_vit_* models; persam's import does
     not. Run in fresh interpreters, since the package is imported once per process."""

@@ -121,6 +121,7 @@ def test_points_of_each_reference(tiny_sam, golden_refs):
     assert len(points) == len(e.labels)
 
 
+@pytest.mark.slow
 def test_persam_f_fits_all_references_jointly(tiny_sam, golden_refs):
     img, ann = golden_refs
     method = PerSAMF(tiny_sam, Encoder(tiny_sam), scale_weights={"steps": 60, "fused": "eager"})

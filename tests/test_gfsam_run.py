@@ -43,6 +43,7 @@ def _unpack(npz) -> np.ndarray:
     return np.unpackbits(npz["pred_mask_packed"])[: h * w].reshape(h, w).astype(bool)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shots", [1, 2])
 def test_acceptance_on_the_golden_set(golden_gfsam, tmp_path, shots):
     """The acceptance command: the official episodes in order, every mask 1024 x 1024 with
@@ -198,6 +199,7 @@ def test_gf_sam_on_the_objects(tmp_path):
     assert list((run_dir / "instances").rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_gf_sam_on_a_video(tmp_path):
     """`python -m persam.video method=gf_sam`: per frame per object, frame 0 as the reference."""
     from hydra import compose, initialize_config_dir

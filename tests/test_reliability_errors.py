@@ -242,6 +242,7 @@ def test_video_on_image_data_is_refused_in_one_line_writing_nothing(tmp_path):
     assert _files(out) == []
 
 
+@pytest.mark.slow
 def test_video_with_persam_on_dinov2_features_is_refused_in_one_line(tmp_path):
     out = tmp_path / "out"
     proc = _child(["features=dinov2", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
@@ -260,6 +261,7 @@ def test_run_on_video_data_names_persam_video(tmp_path, caplog):
 
 
 # -- resume=true on a folder that holds no recorded run ---------------------------------------
+@pytest.mark.slow
 def test_resume_with_nothing_recorded_and_no_override_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -362,6 +364,7 @@ def test_stray_files_in_fewshot_folders_are_skipped_with_a_warning(fss, tmp_path
         assert str(root / cls / name) in caplog.text
 
 
+@pytest.mark.slow
 def test_help_offers_only_usable_choices(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

@@ -40,6 +40,7 @@ def test_video_config_composes_with_the_shared_groups(video, method) -> None:
     assert _compose([]).data._target_.endswith("SyntheticVideoDataset")
 
 
+@pytest.mark.slow
 def test_bad_video_field_is_a_clear_error(tmp_path) -> None:
     proc = run_cli(["video.mode=faithful", f"hydra.run.dir={tmp_path}"], ROOT, "persam.video")
     assert proc.returncode == 2
