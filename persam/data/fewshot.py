@@ -639,6 +639,13 @@ class _CocoStyleDataset(FewShotDataset):
     def _official(self, rng: np.random.RandomState, index: int) -> Episode:  # pragma: no cover
         raise NotImplementedError
 
+    def _official_episode(self, rng: np.random.RandomState, index: int, cls: str) -> Episode:
+        """Episode `index` of class `cls`: the query, then the supports, each `choice(names, 1,
+        replace=False)[0]` over the class's list in the official file's order."""
+        names = self.images[cls]
+        query = str(names[int(rng.choice(len(names), 1, replace=False)[0])])
+        return Episode(index, cls, query, official_supports(rng, names, query, self.shots))
+
     def _assign(self, eligible: list[tuple[int, str]]) -> None:
         """Fold i: the i-th, (i + n_folds)-th, ... of the `eligible` (id, name) categories."""
         per_fold = len(eligible) // self.n_folds
@@ -750,9 +757,7 @@ class COCO20iDataset(_CocoStyleDataset):
     def _official(self, rng: np.random.RandomState, index: int) -> Episode:
         ids = [self.class_index[c] for c in self.classes]
         cls = COCO_CLASSES[int(rng.choice(ids, 1, replace=False)[0])]
-        names = self.images[cls]
-        query = str(names[int(rng.choice(len(names), 1, replace=False)[0])])
-        return Episode(index, cls, query, official_supports(rng, names, query, self.shots))
+        return self._official_episode(rng, index, cls)
 
     def read_mask(self, rel: str, cls: str) -> np.ndarray:
         if self.protocol != "official":
@@ -857,10 +862,7 @@ class LVIS92iDataset(_CocoStyleDataset):
             self.images[cls] = [f"coco/{name}" for name in anno[cid]]  # the pickle's order
 
     def _official(self, rng: np.random.RandomState, index: int) -> Episode:
-        cls = self.classes[index % len(self.classes)]
-        names = self.images[cls]
-        query = str(names[int(rng.choice(len(names), 1, replace=False)[0])])
-        return Episode(index, cls, query, official_supports(rng, names, query, self.shots))
+        return self._official_episode(rng, index, self.classes[index % len(self.classes)])
 
     def read_mask(self, rel: str, cls: str) -> np.ndarray:
         if self.protocol != "official":
