@@ -230,10 +230,13 @@ def run_app(args: list[str], cwd: Path, module: str = "persam.run", env=None):
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
-def run_in_process(overrides: list[str], run_dir: Path, config_name: str = "config") -> dict:
-    """`persam.run.run` in this process (so that caplog sees its log), with the config Hydra
-    composes for `python -m persam.run <overrides> hydra.run.dir=<run_dir>`; returns the
-    metrics summary."""
+def run_in_process(
+    overrides: list[str], run_dir: Path, config_name: str = "config", task=None
+) -> dict:
+    """`persam.run.run` (or `task`, an entry point's task function) in this process (so that
+    caplog sees its log), with the config Hydra composes for `python -m persam.run <overrides>
+    hydra.run.dir=<run_dir>` (`config_name`: another entry point's main config); returns what
+    it returns (`run`: the metrics summary)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -253,6 +256,6 @@ def run_in_process(overrides: list[str], run_dir: Path, config_name: str = "conf
     with open_dict(cfg):
         del cfg["hydra"]  # as Hydra hands the config to the task function
     try:
-        return run(cfg)
+        return (task or run)(cfg)
     finally:
         HydraConfig.instance().cfg = None

@@ -202,13 +202,7 @@ def test_gf_sam_on_the_objects(tmp_path):
 @pytest.mark.slow
 def test_gf_sam_on_a_video(tmp_path):
     """`python -m persam.video method=gf_sam`: per frame per object, frame 0 as the reference."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from persam.conf import CONFIG_DIR
-    from persam.run import run
-    from persam.video import policy
+    import persam.video
 
     run_dir = tmp_path / "video"
     overrides = [
@@ -219,23 +213,9 @@ def test_gf_sam_on_a_video(tmp_path):
         "data.num_frames=3",
         "logger=none",
         "progress=false",
-        f"hydra.run.dir={run_dir}",
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("video", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        summary = run(
-            cfg,
-            task_options={"policy": policy(cfg)},
-            runs=("persam.tasks.video.task.VideoTask",),
-            entry="python -m persam.video",
-        )
-    finally:
-        HydraConfig.instance().cfg = None
+    jf = run_in_process(overrides, run_dir, "video", task=persam.video.main.__wrapped__)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["jf"] == jf
     assert summary["n_failed"] == 0 and summary["jf"] is not None
     assert len(list((run_dir / "Annotations").rglob("*.png"))) == 3

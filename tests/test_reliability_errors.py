@@ -61,27 +61,10 @@ def _child(
 
 
 def _video_in_process(overrides: list[str], run_dir: Path):
-    """`persam.video`'s task function in this process (as `helpers.run_in_process`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
+    """`persam.video`'s task function in this process (`helpers.run_in_process`)."""
     import persam.video
-    from persam.conf import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "video", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        return persam.video.main.__wrapped__(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
+    return run_in_process(overrides, run_dir, "video", task=persam.video.main.__wrapped__)
 
 
 # -- failed units: never 0, never complete, never ranked --------------------------------------
