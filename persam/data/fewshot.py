@@ -741,7 +741,7 @@ class COCO20iDataset(_CocoStyleDataset):
         path = self.root / "splits" / "val" / f"fold{self.fold}.pkl"
         lists = read_pickle(path, f"HSNet's COCO-20i image lists of fold {self.fold}")
         self.class_index = {}
-        for i in (self.fold + self.n_folds * v for v in range(len(COCO_CLASSES) // 4)):
+        for i in (self.fold + self.n_folds * v for v in range(len(COCO_CLASSES) // self.n_folds)):
             names = lists.get(i)
             if not isinstance(names, list) or len({str(n) for n in names}) < 2:
                 raise DataError(

@@ -412,21 +412,19 @@ def summary(result: DemoResult) -> str:
     lines = [f"**{result.method}**: {len(result.images)} image(s) segmented."]
     for item in result.images:
         p = item.prediction
-        area = 100.0 * float(item.mask.mean())
         if isinstance(p, GFSAMPrediction):
-            comps = len(set(p.components.tolist()))
-            lines.append(
-                f"- {item.name}: mask {area:.1f}% of the image; {len(p.points)} points in "
-                f"{comps} component(s), {int(p.labels.sum())} selected"
-                + (" (the fallback)" if p.fallback else "")
+            detail = (
+                f"{len(p.points)} points in {len(set(p.components.tolist()))} component(s), "
+                f"{int(p.labels.sum())} selected" + (" (the fallback)" if p.fallback else "")
             )
-            lines += [f"  - warning: {w}" for w in p.warnings]
-            continue
-        pts = ", ".join(
-            f"{'+' if label else '-'}({x}, {y})"
-            for (x, y), label in zip(p.coords.tolist(), p.labels.tolist(), strict=True)
-        )
-        lines.append(f"- {item.name}: mask {area:.1f}% of the image; points {pts or 'none'}")
+        else:
+            pts = ", ".join(
+                f"{'+' if label else '-'}({x}, {y})"
+                for (x, y), label in zip(p.coords.tolist(), p.labels.tolist(), strict=True)
+            )
+            detail = f"points {pts or 'none'}"
+        area = 100.0 * float(item.mask.mean())
+        lines.append(f"- {item.name}: mask {area:.1f}% of the image; {detail}")
         lines += [f"  - warning: {w}" for w in p.warnings]
     fit = result.target.fit
     if fit is not None:
