@@ -483,6 +483,9 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             page.goto(url)
             page.locator("#ref-image input[type=file]").set_input_files(image)
             page.locator("#test-images input[type=file]").set_input_files(tests)
+            # the upload's own event (the reference into the editor and the points image) has
+            # finished before the first Segment: Gradio reads the editor's saved background
+            expect(page.locator("#ref-view img")).to_be_visible()
 
             # bad input first: a mask of another size, then an empty one; each gives its
             # message in the page, no traceback

@@ -295,7 +295,9 @@ def build_app(demo: Demo) -> gr.Blocks:
                         elem_id="points-image",
                     )
                     clear_btn = gr.Button("Clear points")
-                ref_view = gr.Image(label="Reference mask used", interactive=False)
+                ref_view = gr.Image(
+                    label="Reference mask used", interactive=False, elem_id="ref-view"
+                )
             with gr.Column():
                 gr.Markdown("## Test images and method")
                 test_files = gr.File(
