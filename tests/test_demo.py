@@ -49,9 +49,8 @@ def _compose(overrides: list[str] | None = None):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "persam-cache"
-    cfg = _compose([f"paths.cache_dir={cache}"])
+def demo(tmp_path_factory, session_cache):
+    cfg = _compose([f"paths.cache_dir={session_cache}"])
     return build_demo(cfg, tmp_path_factory.mktemp("demo-run"))
 
 
@@ -422,6 +421,24 @@ def _wait_until_served(url: str, proc: subprocess.Popen, log: Path, timeout: flo
     pytest.fail(f"persam.demo did not serve {url} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+# The client went away mid-request (the test closes the browser while Gradio may still be
+# streaming an upload or an event): uvicorn logs it with a traceback; nothing failed on the server.
+_CLIENT_GONE = ("starlette.requests.ClientDisconnect", "uvicorn.protocols.utils.ClientDisconnected")
+
+
+def _server_errors(log: str) -> list[str]:
+    """The end of each traceback in the server's log, but for a client disconnecting."""
+    errors = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        lines = block.splitlines()
+        # the exception line: the first unindented line after the frames
+        end = next((i for i, ln in enumerate(lines[1:], 1) if ln and not ln[0].isspace()), None)
+        if end is None or not lines[end].startswith(_CLIENT_GONE):
+            stop = len(lines) if end is None else end + 1
+            errors.append("\n".join(lines[max(0, stop - 7) : stop]))
+    return errors
+
+
 @pytest.mark.slow
 def test_page_in_a_real_browser_matches_persam_run(tmp_path):
     """The real page in headless Chromium: bad input gives its message; a reference + mask +
@@ -583,7 +600,9 @@ def test_page_in_a_real_browser_matches_persam_run(tmp_path):
             server.kill()
             server.wait()
             raise
-    assert "Traceback" not in log.read_text()  # no unexpected error on the server either
+    # no unexpected error on the server either (the browser closing mid-request is expected)
+    errors = _server_errors(log.read_text())
+    assert not errors, errors
     shot = os.environ.get("PERSAM_DEMO_SCREENSHOT")
     if shot:
         shutil.copy(tmp_path / "demo.jpg", shot)
