@@ -165,23 +165,34 @@ def instance_ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """IoU of every predicted instance with every ground-truth one -> (P, G) float.
 
     ``pred`` and ``gt`` are indexed maps (H, W) of the same shape (0 background, labels > 0
-    the instances; labels need not be consecutive: the present ones, sorted, are the rows and
+    the instances, below 0 background too; labels need not be consecutive: the present ones, sorted, are the rows and
     columns).
     """
-    p = np.asarray(pred).astype(np.int64)
-    g = np.asarray(gt).astype(np.int64)
+    p = np.asarray(pred)
+    g = np.asarray(gt)
     if p.shape != g.shape or p.ndim != 2:
         raise ValueError(f"instance maps must be 2-D of one shape, got {p.shape} and {g.shape}")
-    p_ids = np.unique(p[p > 0])
-    g_ids = np.unique(g[g > 0])
-    if len(p_ids) == 0 or len(g_ids) == 0:
-        return np.zeros((len(p_ids), len(g_ids)))
-    p_idx = np.searchsorted(p_ids, p) + 1
-    p_idx[p == 0] = 0
-    g_idx = np.searchsorted(g_ids, g) + 1
-    g_idx[g == 0] = 0
-    np_, ng = len(p_ids) + 1, len(g_ids) + 1
-    joint = np.bincount((p_idx * ng + g_idx).ravel(), minlength=np_ * ng).reshape(np_, ng)
+    p = np.maximum(p.astype(np.int64, copy=False), 0)  # labels <= 0: background
+    g = np.maximum(g.astype(np.int64, copy=False), 0)
+    pmax, gmax = (int(m.max(initial=0)) for m in (p, g))
+    if (pmax + 1) * (gmax + 1) <= 1 << 20:  # small labels: one histogram of the label pairs
+        joint = np.bincount((p * (gmax + 1) + g).ravel(), minlength=(pmax + 1) * (gmax + 1))
+        joint = joint.reshape(pmax + 1, gmax + 1)
+        present_p = np.flatnonzero(joint[1:].any(1)) + 1  # the labels present, sorted
+        present_g = np.flatnonzero(joint[:, 1:].any(0)) + 1
+        joint = joint[np.r_[0, present_p]][:, np.r_[0, present_g]]
+    else:  # large labels: their ranks among the present ones first
+        p_ids, p_idx = np.unique(p, return_inverse=True)
+        g_ids, g_idx = np.unique(g, return_inverse=True)
+        p_idx, g_idx = p_idx.reshape(p.shape), g_idx.reshape(g.shape)
+        if p_ids[0] != 0:  # no background: rank 0 stays the (empty) background row
+            p_idx += 1
+        if g_ids[0] != 0:
+            g_idx += 1
+        n_p, n_g = int(p_idx.max()) + 1, int(g_idx.max()) + 1
+        joint = np.bincount((p_idx * n_g + g_idx).ravel(), minlength=n_p * n_g).reshape(n_p, n_g)
+    if joint.shape[0] == 1 or joint.shape[1] == 1:
+        return np.zeros((joint.shape[0] - 1, joint.shape[1] - 1))
     inter = joint[1:, 1:].astype(np.float64)
     p_area = joint[1:, :].sum(1)[:, None]
     g_area = joint[:, 1:].sum(0)[None, :]
