@@ -34,13 +34,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A fast random-init SAM for end-to-end tests (small encoder, SAM's full decoder).
+# A fast random-init SAM for end-to-end tests (small encoder, 256 px input, SAM's full decoder):
+# `debug=tiny`'s backbone (conf/debug/tiny.yaml).
 SMALL_BACKBONE = [
     "backbone=tiny",
     "backbone.encoder_embed_dim=32",
     "backbone.encoder_depth=1",
     "backbone.encoder_num_heads=1",
     "backbone.encoder_global_attn_indexes=[0]",
+    "backbone.image_size=256",
 ]
 
 # A small `build_architecture` (8 x 8 grid, 128 px input) for the training code's unit tests.
