@@ -137,6 +137,17 @@ def build_method(cfg: DictConfig, **runtime):
     )
 
 
+def trainer_factory(node: DictConfig):
+    """The `trainer` group's factory (a `lightning.Trainer` `_partial_`), instantiated at its first
+    call: a run that never fits with it (PerSAM, GF-SAM, PerSAM-F's plain loop) does not import
+    Lightning (seconds at every start)."""
+
+    def make(**kwargs):
+        return instantiate(node)(**kwargs)
+
+    return make
+
+
 def build_dataset(cfg: DictConfig):
     """`cfg.data` without its `task` entry; a bad dataset (`DataError`: a missing file, a bad
     field) stops with its message, which names the file or field and the fix."""
@@ -216,7 +227,7 @@ def run(
         cfg,
         sam=sam,
         encoder=encoder,
-        trainer=instantiate(cfg.trainer),
+        trainer=trainer_factory(cfg.trainer),
         **({} if features is None else {"features": features}),
     )
     dataset = build_dataset(cfg)

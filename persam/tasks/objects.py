@@ -30,7 +30,6 @@ from persam.data.perseg import DataError, ObjectSet, foreground
 from persam.data.perturb import perturb_annotation
 from persam.metrics.image import InstanceMeter, ObjectMeter, mean_over_objects
 from persam.model.method import EmptyReferenceMask, PerSAM, Target
-from persam.model.scale_weights import write_scale_weights
 from persam.tasks.loggers import RunLogger
 from persam.tasks.outputs import OBJECT_COLUMNS, write_mask, write_overlay
 from persam.tasks.runner import Task
@@ -259,6 +258,8 @@ class ObjectTask(Task):
         weights: dict[str, list[float]] = {}
         for name, entry in results.items():
             weights.update(_scale_weights(name, entry))
-        if weights:
+        if weights:  # PerSAM-F's (its module imports Lightning: only where it is used)
+            from persam.model.scale_weights import write_scale_weights
+
             write_scale_weights(self.run_dir, weights)
         return summary
