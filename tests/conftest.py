@@ -54,11 +54,22 @@ def golden_gfsam() -> Path:
     return golden_path("gfsam/README.md") / "gfsam"
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """The cache folder of this test session (embeddings, generated data, compiled kernels):
+    a fresh one per `pytest` command, shared by its pytest-xdist workers (the folder above each
+    worker's own basetemp), since every writer of the cache is safe beside another. Tests that
+    count cache hits use a folder of their own."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "persam-cache"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own cache folder (embeddings, synthetic data)."""
-    cache = tmp_path_factory.getbasetemp() / "persam-cache"
-    monkeypatch.setenv("PERSAM_CACHE_DIR", str(cache))
+def _isolated_cache(session_cache, monkeypatch):
+    """Every test reads and writes the session's cache, never the user's."""
+    monkeypatch.setenv("PERSAM_CACHE_DIR", str(session_cache))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from persam.data.fewshot import (
 from persam.data.fewshot_synthetic import write_layout
 from persam.data.perseg import DataError
 from persam.metrics.fewshot import episode_areas, fewshot_scores
+from persam.model.cache import EmbeddingCache
 from persam.model.encoder import Encoder
 from persam.model.method import PerSAM, PerSAMF
 from persam.run import build_dataset
@@ -68,10 +69,18 @@ def golden_refs(golden):
     return img, ann
 
 
-def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, golden_refs):
+@pytest.fixture
+def encoder(tiny_sam, session_cache):
+    """A new `Encoder` of the golden tiny SAM on each call, on the session's embedding cache (the
+    runs' own cache: each golden image is encoded once)."""
+    cache = EmbeddingCache(session_cache / "embeddings")
+    return lambda: Encoder(tiny_sam, cache)
+
+
+def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, encoder, golden_refs):
     img, ann = golden_refs
     for cls, kwargs in ((PerSAM, {}), (PerSAMF, {"scale_weights": {"steps": 30}})):
-        method = cls(tiny_sam, Encoder(tiny_sam), **kwargs)
+        method = cls(tiny_sam, encoder(), **kwargs)
         one = method.learn(img["00"], ann["00"])
         listed = method.learn([img["00"]], [ann["00"]])
         assert listed.shots == 1 and listed.locations is None
@@ -86,10 +95,10 @@ def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, golden_refs):
         np.testing.assert_array_equal(a.coords, b.coords)
 
 
-def test_k_references_pool_their_features(tiny_sam, golden_refs):
+def test_k_references_pool_their_features(tiny_sam, encoder, golden_refs):
     img, ann = golden_refs
-    pixels = PerSAM(tiny_sam, Encoder(tiny_sam), shot_pooling="pixels")
-    images = PerSAM(tiny_sam, Encoder(tiny_sam), shot_pooling="images")
+    pixels = PerSAM(tiny_sam, encoder(), shot_pooling="pixels")
+    images = PerSAM(tiny_sam, encoder(), shot_pooling="images")
     one = pixels.learn(img["00"], ann["00"])
     # the same reference twice teaches what it teaches once, under both rules
     for method in (pixels, images):
@@ -107,11 +116,11 @@ def test_k_references_pool_their_features(tiny_sam, golden_refs):
     assert bool(((by_pixels.embedding >= lo) & (by_pixels.embedding <= hi)).all())
 
 
-def test_points_of_each_reference(tiny_sam, golden_refs):
+def test_points_of_each_reference(tiny_sam, encoder, golden_refs):
     img, ann = golden_refs
     refs = ([img["00"], img["01"]], [ann["00"], ann["01"]])
-    pooled = PerSAM(tiny_sam, Encoder(tiny_sam), shot_points="pooled")
-    each = PerSAM(tiny_sam, Encoder(tiny_sam), shot_points="each")
+    pooled = PerSAM(tiny_sam, encoder(), shot_points="pooled")
+    each = PerSAM(tiny_sam, encoder(), shot_points="each")
     p = pooled.segment(img["00"], pooled.learn(*refs))
     e = each.segment(img["00"], each.learn(*refs))
     assert p.labels.tolist() == [1, 0]
@@ -122,9 +131,9 @@ def test_points_of_each_reference(tiny_sam, golden_refs):
 
 
 @pytest.mark.slow
-def test_persam_f_fits_all_references_jointly(tiny_sam, golden_refs):
+def test_persam_f_fits_all_references_jointly(tiny_sam, encoder, golden_refs):
     img, ann = golden_refs
-    method = PerSAMF(tiny_sam, Encoder(tiny_sam), scale_weights={"steps": 60, "fused": "eager"})
+    method = PerSAMF(tiny_sam, encoder(), scale_weights={"steps": 60, "fused": "eager"})
     one = method.learn(img["00"], ann["00"])
     twice = method.learn([img["00"], img["00"]], [ann["00"], ann["00"]])
     # the same reference twice: the joint loss has the same minimiser (dice's +1 smoothing aside)
@@ -281,24 +290,24 @@ def test_perseg_shots_one_is_todays_run_and_k_skips_k_references(golden, tmp_pat
         "logger=none",
         "overlays=false",
     ]
+    # one object (all three are checked against the official masks by test_faithfulness_command)
+    one_object = [*base, "data.objects=[cat]"]
     runs = {}
-    for label, extra in (("one", ["data.shots=1"]), ("two", ["data.shots=2"])):
+    for label, shots in (("one", 1), ("two", 2)):
         out = tmp_path / label
-        proc = run_app([*base, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_app([*one_object, f"data.shots={shots}", f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[label] = (out, json.loads((out / "metrics.json").read_text()))
     (one, m1), (_, m2) = runs["one"], runs["two"]
     # data.shots=1 is the one-reference run: the official code's masks (00 the reference)
-    for obj in GOLDEN_OBJECTS:
-        assert m1["objects"][obj]["n_images"] == 2
-        for nn in ("01", "02"):
-            ours = cv2.imread(str(one / "masks" / obj / f"{nn}.png"), -1) > 0
-            official = cv2.imread(str(golden / "reference" / "persam" / obj / f"{nn}.png")).any(-1)
-            assert (ours & official).sum() / max((ours | official).sum(), 1) >= 0.99
-        # two references (00, 01): only 02 is scored
-        assert m2["objects"][obj]["n_images"] == 1
-    # all three images as references: nothing left to score, said as at k = 1 (one object)
-    one_object = [*base, "data.objects=[cat]"]
+    assert list(m1["objects"]) == ["cat"] and m1["objects"]["cat"]["n_images"] == 2
+    for nn in ("01", "02"):
+        ours = cv2.imread(str(one / "masks" / "cat" / f"{nn}.png"), -1) > 0
+        official = cv2.imread(str(golden / "reference" / "persam" / "cat" / f"{nn}.png")).any(-1)
+        assert (ours & official).sum() / max((ours | official).sum(), 1) >= 0.99
+    # two references (00, 01): only 02 is scored
+    assert list(m2["objects"]) == ["cat"] and m2["objects"]["cat"]["n_images"] == 1
+    # all three images as references: nothing left to score, said as at k = 1
     proc = run_app([*one_object, "data.shots=3", f"hydra.run.dir={tmp_path / 'all'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     entry = json.loads((tmp_path / "all" / "metrics.json").read_text())["objects"]["cat"]
