@@ -63,9 +63,11 @@ class Recorder:
         if name == "pred_mask" and "masks" in self.values:
             masks = self.values.pop("masks").numpy()
             pred = value.numpy()
-            self.values["mask_areas"] = masks.sum(axis=(1, 2))
-            self.values["mask_inter_pred"] = (masks & pred).sum(axis=(1, 2))
-            self.values["mask_union_pred"] = (masks | pred).sum(axis=(1, 2))
+            areas = np.count_nonzero(masks, axis=(1, 2))
+            inter = np.count_nonzero(masks & pred, axis=(1, 2))
+            self.values["mask_areas"] = areas
+            self.values["mask_inter_pred"] = inter
+            self.values["mask_union_pred"] = areas + np.count_nonzero(pred) - inter
             if len(masks) <= 15:
                 self.values["masks_small"] = masks
         self.values[name] = value

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from conftest import iou
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_app
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -158,10 +158,11 @@ def test_official_large_pick_is_the_uint8_overflow(golden, video_sam) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["persam", "persam_f"])
 def test_cli_official_matches_the_golden_outputs(golden, tmp_path, method) -> None:
-    """The acceptance command, end to end: PNGs and J&F as the official scripts'."""
+    """The acceptance command, end to end (its console function, in-process: `run_app`): PNGs
+    and J&F as the official scripts'."""
     video = golden / "video"
     out = tmp_path / "OUT"
-    proc = run_cli(
+    proc = run_app(
         [
             "video.mode=official",
             f"method={method}",

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import ROOT, run_in_process, write_object
+from helpers import ROOT, run_app, run_in_process, write_object
 from PIL import Image
 
 from persam.data.davis import DavisDataset, davis_palette
@@ -354,7 +354,7 @@ def test_help_offers_only_usable_choices(tmp_path):
 
     from persam.conf import CONFIG_DIR
 
-    proc = _child(["--help"], tmp_path, timeout=120)
+    proc = run_app(["--help"], tmp_path)  # Hydra's help, from the console function
     assert proc.returncode == 0, proc.stderr[-2000:]
     groups = {}
     for line in proc.stdout.splitlines():

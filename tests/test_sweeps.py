@@ -39,7 +39,7 @@ def test_joblib_sweep_then_submitit_sweep_share_the_cache(data, cache, tmp_path)
         *SMALL_BACKBONE,
         "data=perseg",
         f"data.root={data}",
-        "logger=csv",
+        "logger=none",  # the loggers: tests/test_loggers.py
         "overlays=false",
         "progress=false",
     ]
@@ -83,7 +83,8 @@ def test_joblib_sweep_then_submitit_sweep_share_the_cache(data, cache, tmp_path)
     for job in jobs:  # every embedding came from the cache written by the first sweep
         assert job["cache"]["misses"] == 0 and job["cache"]["hits"] == 8
 
-    proc = run_cli([str(sweep2)], cwd=tmp_path, module="persam.report")
+    # the report's console command is run by test_report_errors_are_clear; here its function
+    proc = run_app([str(sweep2)], cwd=tmp_path, module="persam.report")
     assert proc.returncode == 0, proc.stderr
     report = (sweep2 / "report.md").read_text()
     assert "method.refine_steps=0" in report and "method.refine_steps=1" in report
