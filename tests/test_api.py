@@ -83,20 +83,23 @@ def sam():
 # PerSAM-F: two fits and the run's: in `make test`, not in the edit loop's -m "not slow"
 @pytest.mark.parametrize("method", ["persam", pytest.param("persam_f", marks=pytest.mark.slow)])
 def test_every_mask_form_gives_the_cli_masks(golden, cli_masks, sam, method):
-    """PerSAM: every form, learned and segmented, gives the CLI's masks. PerSAM-F (a 1000-step
-    fit a form): every form becomes the same annotation through `as_annotation`, the conversion
-    `learn` applies for both classes, and two forms, fitted, give the CLI's masks."""
+    """Every form becomes the same annotation through `as_annotation`, the conversion `learn`
+    applies for both classes; learned and segmented, forms of each kind give the CLI's masks
+    (PerSAM: a path, a PIL image, 2-D bool, PerSeg's red 3-D array; PerSAM-F, a 1000-step fit
+    a form: two)."""
+    from persam.data.inputs import as_annotation
+
     images = golden / "perseg-mini" / "Images" / OBJECT
     model = persam.PerSAM(sam) if method == "persam" else persam.PerSAMF(sam)
     reference = np.array(Image.open(images / "00.jpg"))
     forms = _mask_forms(golden / "perseg-mini" / "Annotations" / OBJECT / "00.png")
-    if method == "persam_f":
-        from persam.data.inputs import as_annotation
-
-        one = as_annotation(forms["path"], reference.shape)
-        for form, mask in forms.items():
-            assert np.array_equal(as_annotation(mask, reference.shape), one), form
-        forms = {k: forms[k] for k in ("PIL", "2-D bool")}
+    one = as_annotation(forms["path"], reference.shape)
+    for form, mask in forms.items():
+        assert np.array_equal(as_annotation(mask, reference.shape), one), form
+    kept = (
+        ("path", "PIL", "2-D bool", "PerSeg red 128") if method == "persam" else ("PIL", "2-D bool")
+    )
+    forms = {k: forms[k] for k in kept}
     for form, mask in forms.items():
         target = model.learn(reference, mask)
         for n in ("01", "02"):

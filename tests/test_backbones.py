@@ -176,7 +176,14 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+# SAM 2's Hiera at 1024 px is the slowest family to build and run: in `make test`, not in the
+# edit loop's -m "not slow" (the other families check the same code paths there)
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(f, marks=pytest.mark.slow) if f == "sam2_hiera_t" else f for f in FAMILIES
+    ],
+)
 def family(request, tmp_path_factory):
     build, own = FAMILIES[request.param]
     sam = build()
@@ -378,6 +385,7 @@ def test_missing_efficientsam_names_the_extra(monkeypatch):
 # -- SAM 2 specifics -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sam2_leaves_no_global_hydra():
     """Importing `sam2` initialises Hydra globally; building it through persam does not."""
     need_sam2()
@@ -397,6 +405,7 @@ def test_sam2_leaves_no_global_hydra():
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+@pytest.mark.slow
 def test_sam2_location_prior_maps_the_square_resize_back():
     """SAM 2 stretches the image to a square: the similarity map's arg-max must land on the
     image pixel whose features were used (not on SAM's letterboxed position)."""
@@ -417,6 +426,7 @@ def test_sam2_location_prior_maps_the_square_resize_back():
     assert abs(x - (cell[1] + 0.5) * 150 / 64) <= 150 / 64 + 1
 
 
+@pytest.mark.slow
 def test_sam2_cache_key_includes_the_no_memory_embedding():
     """SAM 2's embedding adds `no_mem_embed` (outside its image encoder) to the last level."""
     need_sam2()

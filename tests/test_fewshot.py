@@ -79,7 +79,10 @@ def encoder(tiny_sam, session_cache):
 
 def test_one_reference_in_a_list_is_the_one_shot_path(tiny_sam, encoder, golden_refs):
     img, ann = golden_refs
-    for cls, kwargs in ((PerSAM, {}), (PerSAMF, {"scale_weights": {"steps": 30}})):
+    for cls, kwargs in (
+        (PerSAM, {}),
+        (PerSAMF, {"scale_weights": {"steps": 30, "fused": "eager"}}),
+    ):
         method = cls(tiny_sam, encoder(), **kwargs)
         one = method.learn(img["00"], ann["00"])
         listed = method.learn([img["00"]], [ann["00"]])

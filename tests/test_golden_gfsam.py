@@ -34,7 +34,9 @@ pytestmark = pytest.mark.golden
 
 S = 1024  # the official evaluation's image size
 CLASS_IDS = range(760, 1000)  # FSS-1000's 240 test class ids, all counted by the official mIoU
-FAST = {("1shot", "000"), ("2shot", "007")} | {("edge", f"{i:03d}") for i in range(9)}
+# the quick tests' episodes (-m "not slow"): one of each K and three edge cases (a forced single
+# point, no point, one empty support of two); `make test` runs all 33
+FAST = {("1shot", "000"), ("2shot", "007")} | {("edge", f"{i:03d}") for i in (0, 5, 7)}
 RUNS = {"1shot": 12, "2shot": 12, "edge": 9}
 EPISODES = [
     pytest.param(run, f"{i:03d}", marks=() if (run, f"{i:03d}") in FAST else pytest.mark.slow)
@@ -385,14 +387,9 @@ def test_output(episode, run, n):
 # -- the metric --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "run",
-    [
-        pytest.param("1shot", marks=pytest.mark.slow),
-        pytest.param("2shot", marks=pytest.mark.slow),
-        "edge",
-    ],
-)
+# every episode of the run: in `make test` (the quick tests run a few of each, see FAST)
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["1shot", "2shot", "edge"])
 def test_miou_and_fbiou(gfsam, golden_gfsam, run):
     """The run's scores from the project's metric (`fewshot_scores`) within 0.1 point of the
     official Evaluator / AverageMeter: FB-IoU; the mIoU over the classes present (the project's

@@ -163,6 +163,7 @@ def test_a_failed_object_makes_the_run_incomplete_and_unranked(perseg, tmp_path)
 
 
 # -- optional packages: checked first, one line, exit 2, nothing written -----------------------
+@pytest.mark.slow  # a child interpreter
 def test_coco_without_pycocotools_stops_before_any_work(tmp_path):
     out = tmp_path / "out"
     proc = _child(
@@ -177,6 +178,7 @@ def test_coco_without_pycocotools_stops_before_any_work(tmp_path):
     assert _files(out) == []  # no .hydra/, no run.log, no metrics.json
 
 
+@pytest.mark.slow  # a child interpreter
 def test_demo_without_gradio_stops_in_one_line(tmp_path):
     out = tmp_path / "demo"
     proc = _child([f"hydra.run.dir={out}"], tmp_path, block=("gradio",), module="persam.demo")
@@ -217,7 +219,7 @@ def test_backbone_without_its_package_stops_before_the_run_folder(
 # -- a dataset at the wrong entry point -----------------------------------------------------------
 def test_video_on_image_data_is_refused_in_one_line_writing_nothing(tmp_path):
     out = tmp_path / "out"
-    proc = _child(["data=perseg", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
+    proc = run_app(["data=perseg", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log and "python -m persam.run data=perseg" in log
@@ -228,7 +230,7 @@ def test_video_on_image_data_is_refused_in_one_line_writing_nothing(tmp_path):
 @pytest.mark.slow
 def test_video_with_persam_on_dinov2_features_is_refused_in_one_line(tmp_path):
     out = tmp_path / "out"
-    proc = _child(["features=dinov2", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
+    proc = run_app(["features=dinov2", f"hydra.run.dir={out}"], tmp_path, module="persam.video")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log and "SAM's features only" in log and "method=gf_sam" in log
@@ -248,7 +250,7 @@ def test_run_on_video_data_names_persam_video(tmp_path, caplog):
 def test_resume_with_nothing_recorded_and_no_override_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = _child(["resume=true", f"hydra.run.dir={empty}"], tmp_path)
+    proc = run_app(["resume=true", f"hydra.run.dir={empty}"], tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and str(empty) in log and "Traceback" not in log
     assert _files(empty) == []

@@ -42,7 +42,7 @@ def test_video_config_composes_with_the_shared_groups(video, method) -> None:
 
 @pytest.mark.slow
 def test_bad_video_field_is_a_clear_error(tmp_path) -> None:
-    proc = run_cli(["video.mode=faithful", f"hydra.run.dir={tmp_path}"], ROOT, "persam.video")
+    proc = run_app(["video.mode=faithful", f"hydra.run.dir={tmp_path}"], ROOT, "persam.video")
     assert proc.returncode == 2
     assert "video.mode must be one of official, tracked" in proc.stderr + proc.stdout
 
